@@ -1,0 +1,199 @@
+//! Server options: their defaults, their validation, and the open-file limit they depend on.
+//!
+//! Both front ends build a [`Config`]: the command line in `main.rs` and the library API that
+//! tests and benches use. Keeping defaults and checks here means the two cannot disagree.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// The port the Elixir guide's `KVServer` listens on.
+pub const DEFAULT_PORT: u16 = 4040;
+/// Longest line handed to the handler in one piece; longer lines are echoed in pieces.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 64 * 1024;
+/// How long a graceful shutdown waits for connections to drain.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unsent output above which a connection stops being read (TCP backpressure).
+pub const DEFAULT_OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// Unsent output below which a paused connection is read again.
+pub const DEFAULT_OUTPUT_LOW_WATER: usize = 64 * 1024;
+/// Size of the one read buffer the whole reactor shares.
+pub const DEFAULT_READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Everything a [`crate::Server`] needs to know before it binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Address and port to listen on; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Longest piece of a line handed to the handler; must be at least 1.
+    pub max_line_bytes: usize,
+    /// Most connections served at once; `None` derives it from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// Close a connection after this long without traffic; `None` never does.
+    pub idle_timeout: Option<Duration>,
+    /// How long a graceful shutdown waits for connections to flush and close.
+    pub shutdown_timeout: Duration,
+    /// Unsent output at which a connection stops being read.
+    pub output_high_water: usize,
+    /// Unsent output at which a paused connection is read again; below the high-water mark.
+    pub output_low_water: usize,
+    /// Size of the shared read buffer.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            max_connections: None,
+            idle_timeout: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            output_high_water: DEFAULT_OUTPUT_HIGH_WATER,
+            output_low_water: DEFAULT_OUTPUT_LOW_WATER,
+            read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration listening on `addr`, everything else at its default.
+    pub fn listening_on(addr: SocketAddr) -> Self {
+        Config {
+            listen: addr,
+            ..Config::default()
+        }
+    }
+
+    /// Checks the options against each other; the server refuses to start on an error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_line_bytes == 0 {
+            return Err(ConfigError("--max-line-bytes must be at least 1".into()));
+        }
+        if self.max_connections == Some(0) {
+            return Err(ConfigError("--max-connections must be at least 1".into()));
+        }
+        if self.read_buffer_bytes == 0 {
+            return Err(ConfigError(
+                "the read buffer must hold at least 1 byte".into(),
+            ));
+        }
+        if self.output_low_water >= self.output_high_water {
+            return Err(ConfigError(format!(
+                "the output low-water mark ({}) must be below the high-water mark ({})",
+                self.output_low_water, self.output_high_water
+            )));
+        }
+        Ok(())
+    }
+
+    /// The connection limit in force: the configured one, or what the open-file limit allows.
+    pub fn effective_max_connections(&self) -> usize {
+        self.max_connections
+            .unwrap_or_else(|| connections_allowed_by(open_file_limit()))
+    }
+}
+
+/// An option value the server cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Connections that fit in `limit` open files, leaving room for the descriptors the process
+/// itself holds (standard streams, the poll instance, listener, waker, signal pipe) and a
+/// margin so that a full table is met as a connection limit, not as failing `accept` calls.
+pub fn connections_allowed_by(limit: u64) -> usize {
+    let headroom = (limit / 8).clamp(16, 64);
+    usize::try_from(limit.saturating_sub(headroom))
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// The soft open-file limit of this process.
+pub fn open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and reads nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_cur
+}
+
+/// Raises the soft open-file limit to the hard limit, as servers that hold one descriptor per
+/// client do at start-up, and returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: as above; setrlimit reads the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit = raised;
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        assert_eq!(Config::default().listen.port(), 4040);
+    }
+
+    #[test]
+    fn rejects_values_it_cannot_run_with() {
+        let zero_line = Config {
+            max_line_bytes: 0,
+            ..Config::default()
+        };
+        assert!(zero_line
+            .validate()
+            .unwrap_err()
+            .0
+            .contains("--max-line-bytes"));
+        let zero_connections = Config {
+            max_connections: Some(0),
+            ..Config::default()
+        };
+        assert!(zero_connections.validate().is_err());
+        let inverted_marks = Config {
+            output_low_water: 10,
+            output_high_water: 10,
+            ..Config::default()
+        };
+        assert!(inverted_marks.validate().is_err());
+    }
+
+    #[test]
+    fn connection_limit_leaves_headroom() {
+        assert_eq!(connections_allowed_by(64), 48);
+        assert_eq!(connections_allowed_by(1024), 960);
+        assert_eq!(connections_allowed_by(20_000), 19_936);
+        assert_eq!(connections_allowed_by(3), 1);
+    }
+}

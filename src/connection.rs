@@ -1,0 +1,353 @@
+//! One client's state machine: its socket, the unfinished line and the unsent output it
+//! holds, and the flow control between them.
+//!
+//! This is the only place that knows one client's buffers. The reactor tells a connection
+//! that its socket is readable or writable; the connection reads into the reactor's shared
+//! read buffer, hands complete lines to the handler, writes the answer straight to the socket
+//! and copies into its own buffers only what the socket would not take or what is not yet a
+//! whole line. Both buffers are released as soon as they are empty, so an idle connection
+//! owns no heap memory.
+
+use std::any::Any;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::handler::LineHandler;
+use crate::line;
+
+/// Reads one connection may make per readiness event before the reactor serves the others:
+/// a client that floods a fast loopback link must not starve everyone else.
+const READS_PER_TURN: usize = 16;
+
+/// Why a connection has to end early.
+#[derive(Debug)]
+pub(crate) enum Fault {
+    /// The socket failed: a reset, a broken pipe, or something rarer.
+    Io(io::Error),
+    /// The line handler panicked; the message is the panic's payload when it is text.
+    HandlerPanicked(String),
+}
+
+impl From<io::Error> for Fault {
+    fn from(error: io::Error) -> Self {
+        Fault::Io(error)
+    }
+}
+
+/// How a turn of reading ended, which tells the reactor whether to come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadOutcome {
+    /// The socket has nothing more for now; a fresh readiness edge will come with new data.
+    Drained,
+    /// The turn's budget ran out with data possibly still waiting: the reactor must come
+    /// back without waiting for an edge, which may never come.
+    BudgetSpent,
+    /// Reading is paused until unsent output drains (backpressure), or over for good.
+    Stopped,
+}
+
+/// What the reactor lends a connection for one turn: the state that is shared because the
+/// reactor is single-threaded.
+pub(crate) struct Turn<'a> {
+    pub read_buffer: &'a mut [u8],
+    pub scratch: &'a mut Vec<u8>,
+    pub handler: &'a mut dyn LineHandler,
+    pub max_line_bytes: usize,
+    pub output_high_water: usize,
+    pub output_low_water: usize,
+}
+
+/// Links of the reactor's idle list (least recently active first), kept inside the
+/// connection so that noting activity costs no allocation and no search.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdleLinks {
+    pub prev: Option<usize>,
+    pub next: Option<usize>,
+    pub last_active: Instant,
+}
+
+pub(crate) struct Connection {
+    socket: TcpStream,
+    /// Kept from accept time: after a reset the socket can no longer tell it.
+    peer: SocketAddr,
+    /// The unfinished last line, always shorter than the line limit; empty and unallocated
+    /// whenever the client's last read ended at a line end.
+    partial: Vec<u8>,
+    /// Answers the socket would not take yet; `output[output_sent..]` is still to be sent.
+    output: Vec<u8>,
+    output_sent: usize,
+    /// The client sent its FIN: nothing more will be read.
+    read_closed: bool,
+    /// Reading stopped because unsent output passed the high-water mark.
+    read_paused: bool,
+    /// The last turn of reading found the socket empty.
+    read_drained: bool,
+    /// The server is shutting down: half-close once everything received has been answered.
+    draining: bool,
+    /// The server half-closed its side during shutdown; later input is discarded.
+    write_shut: bool,
+    /// Over-long lines are logged once per connection, not once per piece.
+    long_line_logged: bool,
+    /// Already waiting in the reactor's list of connections to read again.
+    pub read_queued: bool,
+    pub idle: IdleLinks,
+}
+
+impl Connection {
+    pub fn new(socket: TcpStream, peer: SocketAddr, now: Instant) -> Self {
+        Connection {
+            socket,
+            peer,
+            partial: Vec::new(),
+            output: Vec::new(),
+            output_sent: 0,
+            read_closed: false,
+            read_paused: false,
+            read_drained: false,
+            draining: false,
+            write_shut: false,
+            long_line_logged: false,
+            read_queued: false,
+            idle: IdleLinks {
+                prev: None,
+                next: None,
+                last_active: now,
+            },
+        }
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub fn socket_mut(&mut self) -> &mut TcpStream {
+        &mut self.socket
+    }
+
+    /// Bytes answered but not yet taken by the socket.
+    pub fn pending_output(&self) -> usize {
+        self.output.len() - self.output_sent
+    }
+
+    /// Nothing more will come in and everything has gone out: the connection can be dropped.
+    pub fn is_finished(&self) -> bool {
+        self.read_closed && self.pending_output() == 0
+    }
+
+    /// Reads what the socket holds, answering every complete line, until the socket is
+    /// drained, the turn's budget is spent, or unsent output passes the high-water mark.
+    ///
+    /// `peer_closed` says the readiness event already reported the client's FIN: then a
+    /// short read does not mean the socket is empty, because the end of stream is still to
+    /// be read and no fresh edge will announce it.
+    pub fn read(&mut self, turn: &mut Turn<'_>, peer_closed: bool) -> Result<ReadOutcome, Fault> {
+        if self.read_closed || self.read_paused {
+            return Ok(ReadOutcome::Stopped);
+        }
+        self.read_drained = false;
+        for _ in 0..READS_PER_TURN {
+            let received = match self.socket.read(turn.read_buffer) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    if !self.write_shut {
+                        self.answer_tail(turn)?;
+                    }
+                    return Ok(ReadOutcome::Stopped);
+                }
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.read_drained = true;
+                    return Ok(ReadOutcome::Drained);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Fault::Io(e)),
+            };
+            if !self.write_shut {
+                self.answer(received, turn)?;
+            }
+            if self.pending_output() > turn.output_high_water {
+                self.read_paused = true;
+                return Ok(ReadOutcome::Stopped);
+            }
+            // A read shorter than the buffer emptied the socket: asking again would only
+            // return WouldBlock, and the next byte to arrive brings a fresh edge.
+            if received < turn.read_buffer.len() && !peer_closed {
+                self.read_drained = true;
+                return Ok(ReadOutcome::Drained);
+            }
+        }
+        Ok(ReadOutcome::BudgetSpent)
+    }
+
+    /// Sends what the socket would not take before. Returns true when reading was paused
+    /// and may resume because the output fell to the low-water mark.
+    pub fn flush(&mut self, turn: &Turn<'_>) -> io::Result<bool> {
+        while self.output_sent < self.output.len() {
+            match self.socket.write(&self.output[self.output_sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(sent) => self.output_sent += sent,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.output_sent == self.output.len() && self.output.capacity() > 0 {
+            self.output = Vec::new();
+            self.output_sent = 0;
+        }
+        if self.read_paused && self.pending_output() <= turn.output_low_water {
+            self.read_paused = false;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Enters shutdown: from now on the connection half-closes as soon as everything it has
+    /// received is answered and sent.
+    pub fn begin_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// During shutdown, sends the FIN once the socket is empty and all answers are out. The
+    /// unfinished last line, if any, is echoed first: every byte received comes back.
+    pub fn half_close_when_done(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
+        if !self.draining || self.write_shut || self.read_closed {
+            return Ok(());
+        }
+        if !self.read_drained || self.read_paused {
+            return Ok(());
+        }
+        self.answer_tail(turn)?;
+        if self.pending_output() > 0 {
+            return Ok(());
+        }
+        match self.socket.shutdown(Shutdown::Write) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+            Err(e) => return Err(Fault::Io(e)),
+        }
+        self.write_shut = true;
+        Ok(())
+    }
+
+    /// Frames `received` bytes of the shared read buffer and sends each answer.
+    fn answer(&mut self, received: usize, turn: &mut Turn<'_>) -> Result<(), Fault> {
+        let data = &turn.read_buffer[..received];
+        let mut cut_long_line = false;
+        let mut sink = Sink {
+            socket: &mut self.socket,
+            output: &mut self.output,
+            output_sent: &mut self.output_sent,
+            handler: &mut *turn.handler,
+            scratch: &mut *turn.scratch,
+        };
+        let result = line::frame(&mut self.partial, data, turn.max_line_bytes, &mut |piece| {
+            // Runs of complete lines end in a newline; only a cut piece of a long line does not.
+            cut_long_line |= !piece.ends_with(b"\n");
+            sink.respond(piece)
+        });
+        if cut_long_line && !self.long_line_logged {
+            self.long_line_logged = true;
+            log::debug!(
+                "{}: line longer than {} bytes, echoing it in pieces",
+                self.peer,
+                turn.max_line_bytes
+            );
+        }
+        result
+    }
+
+    /// Answers the unfinished last line when no more input will follow it.
+    fn answer_tail(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
+        let mut sink = Sink {
+            socket: &mut self.socket,
+            output: &mut self.output,
+            output_sent: &mut self.output_sent,
+            handler: &mut *turn.handler,
+            scratch: &mut *turn.scratch,
+        };
+        line::finish(&mut self.partial, &mut |piece| sink.respond(piece))
+    }
+}
+
+/// Where answers go: straight to the socket while nothing is queued before them, otherwise
+/// (and for whatever the socket would not take) into the connection's output buffer.
+struct Sink<'a> {
+    socket: &'a mut TcpStream,
+    output: &'a mut Vec<u8>,
+    output_sent: &'a mut usize,
+    handler: &'a mut dyn LineHandler,
+    scratch: &'a mut Vec<u8>,
+}
+
+impl Sink<'_> {
+    fn respond(&mut self, lines: &[u8]) -> Result<(), Fault> {
+        self.scratch.clear();
+        let handler = &mut *self.handler;
+        let scratch = &mut *self.scratch;
+        let answer = catch_unwind(AssertUnwindSafe(move || {
+            // Moving the borrow out makes the closure FnOnce, so the answer outlives the call.
+            let scratch = scratch;
+            handler.respond(lines, scratch)
+        }))
+        .map_err(|payload| Fault::HandlerPanicked(panic_message(payload.as_ref())))?;
+        send(self.socket, self.output, self.output_sent, answer)?;
+        Ok(())
+    }
+}
+
+/// Writes `answer` to the socket unless earlier output is still queued, and queues whatever
+/// the socket would not take.
+fn send(
+    socket: &mut TcpStream,
+    output: &mut Vec<u8>,
+    output_sent: &mut usize,
+    mut answer: &[u8],
+) -> io::Result<()> {
+    if *output_sent < output.len() {
+        // Earlier output is still queued; this must wait behind it to keep the order.
+        compact(output, output_sent);
+        output.extend_from_slice(answer);
+        return Ok(());
+    }
+    while !answer.is_empty() {
+        match socket.write(answer) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(sent) => answer = &answer[sent..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    if !answer.is_empty() {
+        output.clear();
+        *output_sent = 0;
+        output.extend_from_slice(answer);
+    }
+    Ok(())
+}
+
+/// Moves unsent output to the front once the sent prefix is at least as long, so the buffer
+/// tracks what is pending rather than everything ever queued; each byte is moved at most
+/// once on average.
+fn compact(output: &mut Vec<u8>, output_sent: &mut usize) {
+    let sent = *output_sent;
+    if sent > 0 && sent >= output.len() - sent {
+        output.drain(..sent);
+        *output_sent = 0;
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "non-text panic payload".to_owned()
+    }
+}

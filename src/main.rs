@@ -1,0 +1,178 @@
+//! The `kv_server` binary: command line -> [`Config`] -> logger -> [`Server`] -> run.
+//!
+//! Everything a user can get wrong at start-up (a bad port, an unparsable address, a port
+//! already in use) ends here with one line on stderr and a non-zero exit status, never a
+//! panic or a backtrace.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use kv_server::config::{self, Config};
+use kv_server::{Server, Stopped};
+use log::LevelFilter;
+use simple_logger::SimpleLogger;
+
+/// A line echo server: every line a client sends comes back byte-exact.
+///
+/// A port of the Elixir guide's KVServer ("Task and gen_tcp") to a single-threaded mio
+/// event loop. SIGINT or SIGTERM shuts it down gracefully; a second one stops it at once.
+#[derive(Debug, Parser)]
+#[command(name = "kv_server", version, about, long_about)]
+struct Cli {
+    /// Port to listen on; 0 picks a free one. Overrides the PORT environment variable
+    /// [default: PORT, else 4040]
+    #[arg(long, value_name = "PORT")]
+    port: Option<u16>,
+
+    /// Address to listen on, IPv4 or IPv6
+    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    bind: IpAddr,
+
+    /// Log level: off, error, warn, info, debug or trace [default: RUST_LOG, else info]
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<LevelFilter>,
+
+    /// Longest line echoed in one piece; longer lines come back in pieces of this size
+    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MAX_LINE_BYTES,
+          value_parser = parse_positive)]
+    max_line_bytes: usize,
+
+    /// Most clients served at once; later ones are accepted and closed at once
+    /// [default: what the open-file limit allows]
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    max_connections: Option<usize>,
+
+    /// Close a connection after this many seconds without traffic; 0 never does
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
+    idle_timeout: f64,
+
+    /// On SIGINT/SIGTERM, how many seconds to wait for connections to drain
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64(),
+          value_parser = parse_seconds)]
+    shutdown_timeout: f64,
+}
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) | Err(_) => Err("expected a whole number of at least 1".to_owned()),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| "expected a number of seconds".to_owned())?;
+    if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
+        return Err("expected a number of seconds between 0 and 1e9".to_owned());
+    }
+    Ok(seconds)
+}
+
+/// The port: `--port` wins over `PORT`, which wins over the guide's 4040.
+fn resolve_port(flag: Option<u16>, env: Option<String>) -> Result<u16, String> {
+    if let Some(port) = flag {
+        return Ok(port);
+    }
+    match env {
+        None => Ok(config::DEFAULT_PORT),
+        Some(text) => text.trim().parse().map_err(|_| {
+            format!("invalid PORT environment variable '{text}': expected a port number from 0 to 65535")
+        }),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match serve(cli) {
+        Ok(Stopped::Forced { signal }) => ExitCode::from(128u8.saturating_add(signal as u8)),
+        Ok(_) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("kv_server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cli: Cli) -> Result<Stopped, String> {
+    let port = resolve_port(cli.port, std::env::var("PORT").ok())?;
+    init_logging(cli.log_level)?;
+    let open_files = match config::raise_open_file_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            log::warn!("Cannot raise the open-file limit: {e}");
+            config::open_file_limit()
+        }
+    };
+    let config = Config {
+        listen: SocketAddr::new(cli.bind, port),
+        max_line_bytes: cli.max_line_bytes,
+        max_connections: cli.max_connections,
+        idle_timeout: (cli.idle_timeout > 0.0).then(|| Duration::from_secs_f64(cli.idle_timeout)),
+        shutdown_timeout: Duration::from_secs_f64(cli.shutdown_timeout),
+        ..Config::default()
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    let mut server = Server::bind(config.clone())
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    server
+        .handle_signals()
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    if let Some(asked) = config.max_connections {
+        if asked as u64 >= open_files {
+            log::warn!(
+                "--max-connections {asked} is above the open-file limit ({open_files}); \
+                 accepting will pause whenever descriptors run out"
+            );
+        }
+    }
+    log::debug!(
+        "Serving at most {} connections (open-file limit {open_files})",
+        server.max_connections()
+    );
+    server
+        .run()
+        .map_err(|e| format!("the event loop failed: {e}"))
+}
+
+fn init_logging(flag: Option<LevelFilter>) -> Result<(), String> {
+    let logger = SimpleLogger::new()
+        .with_level(LevelFilter::Info)
+        .with_utc_timestamps();
+    let logger = match flag {
+        Some(level) => logger.with_level(level),
+        None => logger.env(),
+    };
+    logger
+        .init()
+        .map_err(|e| format!("cannot start logging: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_flag_wins_over_environment() {
+        assert_eq!(resolve_port(Some(5), Some("6".into())), Ok(5));
+        assert_eq!(resolve_port(None, Some("6".into())), Ok(6));
+        assert_eq!(resolve_port(None, None), Ok(4040));
+    }
+
+    #[test]
+    fn bad_port_environment_names_value_and_reason() {
+        let error = resolve_port(None, Some("70000".into())).unwrap_err();
+        assert!(
+            error.contains("'70000'") && error.contains("PORT"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
