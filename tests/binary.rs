@@ -1,0 +1,210 @@
+//! The built `kv_server` binary run as a process: start-up, its log line, its options and
+//! its errors, as a user meets them.
+
+mod common;
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::{assert_echo, binary, ServerProcess};
+
+#[test]
+fn port_environment_variable_is_honoured_and_logged() {
+    let free_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut command = binary();
+    command
+        .args(["--bind", "127.0.0.1"])
+        .env("PORT", free_port.to_string());
+    let server = ServerProcess::spawn(command);
+    assert_eq!(server.port, free_port);
+    let mut client = common::connect(server.addr());
+    assert_echo(&mut client, b"hello from the binary\r\n");
+}
+
+#[test]
+fn port_zero_logs_the_real_port() {
+    let server = ServerProcess::start(&["--port", "0"]);
+    assert_ne!(server.port, 0);
+    let mut client = common::connect(server.addr());
+    assert_echo(&mut client, b"port zero\n");
+}
+
+#[test]
+fn port_flag_wins_over_the_environment() {
+    let mut command = binary();
+    command
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .env("PORT", "not a port");
+    let server = ServerProcess::spawn(command);
+    assert_ne!(server.port, 0);
+}
+
+#[test]
+fn ipv6_bind_address_works() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine; nothing to test");
+        return;
+    }
+    let mut command = binary();
+    command.args(["--bind", "::1", "--port", "0"]);
+    let server = ServerProcess::spawn(command);
+    let addr = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, server.port));
+    let mut client = common::connect(addr);
+    assert_echo(&mut client, b"over ipv6\n");
+}
+
+#[test]
+fn help_and_version_describe_the_program() {
+    let help = binary().arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8(help.stdout).unwrap();
+    for option in [
+        "--port",
+        "--bind",
+        "--log-level",
+        "--max-line-bytes",
+        "--max-connections",
+        "--idle-timeout",
+        "--shutdown-timeout",
+        "PORT",
+    ] {
+        assert!(text.contains(option), "--help mentions {option}:\n{text}");
+    }
+    let version = binary().arg("--version").output().unwrap();
+    assert!(version.status.success());
+    assert!(String::from_utf8(version.stdout)
+        .unwrap()
+        .contains(env!("CARGO_PKG_VERSION")));
+}
+
+/// Runs the binary expecting it to refuse to start; returns its stderr.
+fn refuses(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut command = binary();
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        !output.status.success(),
+        "{args:?} must fail; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "a clear error, not a panic: {stderr}"
+    );
+    assert!(
+        stderr.trim().lines().count() <= 3,
+        "one clear line (plus clap's usage hint): {stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn port_in_use_is_a_clear_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let stderr = refuses(&["--bind", "127.0.0.1", "--port", &port], &[]);
+    assert!(stderr.contains(&port), "names the port: {stderr}");
+    assert!(stderr.contains("in use"), "says why: {stderr}");
+}
+
+#[test]
+fn bad_port_environment_is_a_clear_error() {
+    let stderr = refuses(&[], &[("PORT", "forty")]);
+    assert!(
+        stderr.contains("PORT") && stderr.contains("'forty'"),
+        "{stderr}"
+    );
+    let stderr = refuses(&[], &[("PORT", "65536")]);
+    assert!(stderr.contains("'65536'"), "{stderr}");
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    let stderr = refuses(&["--port", "70000"], &[]);
+    assert!(stderr.contains("70000"), "{stderr}");
+    let stderr = refuses(&["--bind", "localhost.nowhere"], &[]);
+    assert!(
+        stderr.contains("localhost.nowhere") && stderr.contains("IP address"),
+        "{stderr}"
+    );
+    let stderr = refuses(&["--max-line-bytes", "0"], &[]);
+    assert!(stderr.contains("--max-line-bytes"), "{stderr}");
+    let stderr = refuses(&["--log-level", "loud"], &[]);
+    assert!(stderr.contains("loud"), "{stderr}");
+    let stderr = refuses(&["--idle-timeout", "soon"], &[]);
+    assert!(stderr.contains("soon"), "{stderr}");
+}
+
+#[test]
+fn log_level_flag_controls_what_is_logged() {
+    let server = ServerProcess::start(&["--log-level", "debug"]);
+    let mut client = common::connect(server.addr());
+    assert_echo(&mut client, b"x\n");
+    drop(client);
+    let line = server.wait_log("connection closed");
+    assert!(
+        line.contains("DEBUG") && line.contains("127.0.0.1:"),
+        "{line}"
+    );
+}
+
+#[test]
+fn rust_log_is_honoured_without_the_flag() {
+    let mut command = binary();
+    command
+        .args(["--bind", "127.0.0.1", "--port", "0"])
+        .env("RUST_LOG", "debug");
+    let server = ServerProcess::spawn(command);
+    let client = common::connect(server.addr());
+    drop(client);
+    server.wait_log("connection closed");
+}
+
+#[test]
+fn clients_leaving_are_logged_at_debug_only() {
+    let mut server = ServerProcess::start(&["--log-level", "debug"]);
+    let mut polite = common::connect(server.addr());
+    assert_echo(&mut polite, b"bye\n");
+    polite.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(common::read_to_end(&mut polite).unwrap(), b"");
+    server.wait_log("connection closed");
+    let mut rude = common::connect(server.addr());
+    assert_echo(&mut rude, b"reset coming\n");
+    common::reset(rude);
+    server.wait_log("connection closed");
+    let mut probe = common::connect(server.addr());
+    assert_echo(&mut probe, b"still here\n");
+    drop(probe);
+    server.wait_log("connection closed");
+    server.signal(libc::SIGTERM);
+    server.wait_exit(Duration::from_secs(10));
+    let errors: Vec<String> = server
+        .drain_log()
+        .into_iter()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    assert!(errors.is_empty(), "nothing above debug: {errors:?}");
+}
+
+#[test]
+fn restart_right_after_a_stop_binds_the_same_port() {
+    let mut first = ServerProcess::start(&["--port", "0"]);
+    let port = first.port.to_string();
+    let mut client = common::connect(first.addr());
+    assert_echo(&mut client, b"one\n");
+    first.signal(libc::SIGTERM);
+    // The server closes first, so its side of the connection sits in TIME_WAIT.
+    assert_eq!(common::read_to_end(&mut client).unwrap(), b"");
+    drop(client);
+    assert!(first.wait_exit(Duration::from_secs(10)).success());
+    let second = ServerProcess::start(&["--port", &port]);
+    let mut client = common::connect(second.addr());
+    assert_echo(&mut client, b"two\n");
+}

@@ -1,0 +1,297 @@
+//! Helpers shared by the integration tests: an in-process server on a free port, the built
+//! binary as a child process, and blocking clients with generous time-outs so that a broken
+//! server fails a test instead of hanging it.
+#![allow(dead_code)] // Each test binary uses its own subset of these helpers.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use kv_server::{Config, LineHandler, Server, ShutdownHandle, Stopped};
+
+/// Long enough never to fire on a working server, short enough to end a hung test.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A server running on its own thread; shut down and joined on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    handle: ShutdownHandle,
+    thread: Option<JoinHandle<std::io::Result<Stopped>>>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        TestServer::start_with(Config::default(), Box::new(kv_server::Echo))
+    }
+
+    /// Starts a server with `config`, listening on a free loopback port.
+    pub fn start_with(config: Config, handler: Box<dyn LineHandler>) -> TestServer {
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..config
+        };
+        let server = Server::bind_with_handler(config, handler).expect("bind");
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0, "the real port is known after bind");
+        let handle = server.shutdown_handle();
+        let thread = thread::spawn(move || server.run());
+        TestServer {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        connect(self.addr)
+    }
+
+    /// Shuts the server down gracefully and returns how its loop ended.
+    pub fn stop(mut self) -> Stopped {
+        self.handle.shutdown().unwrap();
+        let thread = self.thread.take().unwrap();
+        thread
+            .join()
+            .expect("server thread panicked")
+            .expect("server loop failed")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.handle.shutdown();
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+}
+
+/// Sends `bytes` and expects exactly them back.
+pub fn assert_echo(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).unwrap();
+    let mut back = vec![0; bytes.len()];
+    stream.read_exact(&mut back).expect("echo");
+    assert_eq!(back, bytes);
+}
+
+/// Reads until the server closes the stream, failing on a time-out.
+pub fn read_to_end(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all)?;
+    Ok(all)
+}
+
+/// True once the server has closed (EOF or reset), false if it kept the connection open
+/// for `wait`.
+pub fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut byte = [0u8; 1];
+    let closed = match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => panic!("unexpected data from the server"),
+        Err(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+        ),
+    };
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    closed
+}
+
+/// The built binary, started with `args`, its stderr piped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub port: u16,
+    /// Every stderr line after the start-up line, as it arrives.
+    pub log: mpsc::Receiver<String>,
+}
+
+pub fn binary() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kv_server"))
+}
+
+impl ServerProcess {
+    /// Starts the binary on a free port and waits for its "Accepting connections" line.
+    pub fn start(args: &[&str]) -> ServerProcess {
+        let mut command = binary();
+        command.args(["--bind", "127.0.0.1"]).args(args);
+        if !args.contains(&"--port") {
+            command.env("PORT", "0");
+        }
+        ServerProcess::spawn(command)
+    }
+
+    pub fn spawn(mut command: Command) -> ServerProcess {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the binary");
+        let stderr = child.stderr.take().unwrap();
+        let (port, log) = wait_for_listening(stderr);
+        ServerProcess { child, port, log }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0);
+    }
+
+    /// Waits for the process to exit, failing the test if it takes longer than `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {limit:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// A field of /proc/PID/status in KiB (VmRSS, VmHWM, ...).
+    pub fn status_kib(&self, field: &str) -> u64 {
+        proc_status_kib(self.pid(), field)
+    }
+
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// User plus system CPU time consumed so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?}"),
+            }
+        }
+    }
+
+    /// The log lines that have arrived so far.
+    pub fn drain_log(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn proc_status_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Reads stderr until the start-up line, returns the port it names and a channel of the
+/// lines that follow (read on a thread so the pipe never fills and blocks the server).
+fn wait_for_listening(stderr: ChildStderr) -> (u16, mpsc::Receiver<String>) {
+    let (lines_tx, lines_rx) = mpsc::channel();
+    let (port_tx, port_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut port_tx = Some(port_tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("Accepting connections on port ").nth(1) {
+                if let Some(tx) = port_tx.take() {
+                    let _ = tx.send(rest.trim().parse::<u16>().ok());
+                    continue;
+                }
+            }
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let port = port_rx
+        .recv_timeout(TIMEOUT)
+        .expect("the server logs 'Accepting connections on port N'")
+        .expect("the port in the start-up line is a number");
+    (port, lines_rx)
+}
+
+/// A deterministic, incompressible-looking byte pattern covering every byte value except
+/// `\n`, so that a misplaced or repeated chunk cannot go unnoticed.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            match (state >> 24) as u8 {
+                b'\n' => b'\r',
+                byte => byte,
+            }
+        })
+        .collect()
+}
+
+pub fn raise_fd_limit() {
+    kv_server::config::raise_open_file_limit().expect("raise the open-file limit");
+}
+
+/// Closes `stream` with a TCP reset instead of a FIN (SO_LINGER with a zero time-out).
+pub fn reset(stream: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a descriptor we own, with a correctly sized option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &linger as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    drop(stream);
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# End-to-end check with real outside clients: two telnet sessions at once (driven by
+# expect) and netcat, against the release binary started the way the README starts it.
+# Needs telnet, expect and nc (netcat-openbsd); a missing tool is a failure, not a skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+for tool in telnet expect nc; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    echo "real_clients.sh: missing ${missing[*]}; install with: apt-get install -y telnet expect netcat-openbsd" >&2
+    exit 1
+fi
+
+cargo build --release --quiet
+port="${PORT:-4040}"
+log="$(mktemp)"
+PORT="$port" ./target/release/kv_server --bind 127.0.0.1 2>"$log" &
+server=$!
+trap 'kill "$server" 2>/dev/null || true; rm -f "$log"' EXIT
+for _ in $(seq 100); do
+    grep -q "Accepting connections on port $port" "$log" && break
+    kill -0 "$server" 2>/dev/null || { cat "$log" >&2; echo "server exited" >&2; exit 1; }
+    sleep 0.1
+done
+grep -q "Accepting connections on port $port" "$log" || { cat "$log" >&2; exit 1; }
+
+passed=0
+failed=0
+check() {
+    local name=$1; shift
+    if "$@"; then
+        echo "ok: $name"; passed=$((passed + 1))
+    else
+        echo "FAILED: $name"; failed=$((failed + 1))
+    fi
+}
+
+# Two telnet sessions open at once; the second types while the first sits idle, then the
+# first types too. Each must see its own line echoed (telnet sends CRLF).
+two_telnets() {
+    expect -f - "$port" <<'EXPECT'
+set timeout 10
+set port [lindex $argv 0]
+spawn telnet 127.0.0.1 $port
+set first $spawn_id
+expect -i $first "Escape character is" {} timeout { puts "first telnet did not connect"; exit 1 }
+spawn telnet 127.0.0.1 $port
+set second $spawn_id
+expect -i $second "Escape character is" {} timeout { puts "second telnet did not connect"; exit 1 }
+send -i $second "hello from the second session\r"
+expect -i $second -re "hello from the second session\r\n.*hello from the second session\r\n" {} timeout { puts "second session got no echo"; exit 1 }
+send -i $first "and the first one\r"
+expect -i $first -re "and the first one\r\n.*and the first one\r\n" {} timeout { puts "first session got no echo"; exit 1 }
+send -i $first "\035"
+expect -i $first "telnet>"
+send -i $first "quit\r"
+expect -i $first eof
+send -i $second "still here\r"
+expect -i $second -re "still here\r\n.*still here\r\n" {} timeout { puts "second session broke when the first left"; exit 1 }
+send -i $second "\035"
+expect -i $second "telnet>"
+send -i $second "quit\r"
+expect -i $second eof
+EXPECT
+}
+
+netcat_lines() {
+    local got
+    got="$(printf 'one\ntwo\r\nunfinished' | nc -N -w 5 127.0.0.1 "$port" | od -An -c | tr -s ' ')"
+    [[ "$got" == "$(printf 'one\ntwo\r\nunfinished' | od -An -c | tr -s ' ')" ]] || {
+        echo "nc got: $got"; return 1; }
+}
+
+check "two telnet sessions at once, each echoed" two_telnets
+check "nc: lines, CRLF and a half-closed tail" netcat_lines
+
+echo "real_clients: $passed passed, $failed failed"
+((failed == 0))
