@@ -173,7 +173,7 @@ fn stamp(mut seq: u64, line: &mut [u8]) {
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
-        Ok(errors) if errors == 0 => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
         Ok(errors) => {
             eprintln!("kv_load: {errors} errors");
             ExitCode::FAILURE
@@ -190,7 +190,7 @@ fn run(args: &Args) -> io::Result<u64> {
     let mut poll = Poll::new()?;
     let mut events = Events::with_capacity(4096);
     let mut errors = Errors::default();
-    let rss_before = args.server_pid.map(|pid| rss_kib(pid)).transpose()?;
+    let rss_before = args.server_pid.map(rss_kib).transpose()?;
 
     // Connect, a batch at a time, so that the server's backlog is not what is measured.
     let mut clients: Vec<Client> = Vec::with_capacity(args.connections);
@@ -268,7 +268,7 @@ fn run(args: &Args) -> io::Result<u64> {
         }
     }
     let open = clients.iter().filter(|c| c.connected).count();
-    let rss_connected = args.server_pid.map(|pid| rss_kib(pid)).transpose()?;
+    let rss_connected = args.server_pid.map(rss_kib).transpose()?;
 
     // Measure.
     let cpu_before = args.server_pid.map(server_cpu_ns).transpose()?;
