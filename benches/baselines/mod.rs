@@ -53,7 +53,8 @@ pub fn serve(baseline: Baseline, addr: SocketAddr, bound: impl FnOnce(SocketAddr
 }
 
 async fn raw_echo(mut socket: TcpStream) -> std::io::Result<()> {
-    let mut buffer = vec![0u8; 64 * 1024];
+    // 8 KiB, the same as the BufReader of the line baseline (tokio's default capacity).
+    let mut buffer = vec![0u8; 8 * 1024];
     loop {
         let n = socket.read(&mut buffer).await?;
         if n == 0 {
