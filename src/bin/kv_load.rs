@@ -50,7 +50,8 @@ struct Args {
     connect_batch: usize,
 }
 
-/// Latency histogram with 1 us buckets up to 100 ms, then one overflow bucket.
+/// Latency histogram: 1 us buckets below 100 ms, 100 us buckets up to 10 s, then one
+/// overflow bucket. Exact enough for percentiles, and a fixed 1.6 MB however long the run.
 struct Histogram {
     buckets: Vec<u64>,
     overflow: u64,
@@ -59,11 +60,14 @@ struct Histogram {
 }
 
 impl Histogram {
-    const BUCKETS: usize = 100_000;
+    const FINE_US: u64 = 100_000;
+    const COARSE_STEP_US: u64 = 100;
+    const LIMIT_US: u64 = 10_000_000;
 
     fn new() -> Self {
+        let buckets = Self::FINE_US + (Self::LIMIT_US - Self::FINE_US) / Self::COARSE_STEP_US;
         Histogram {
-            buckets: vec![0; Self::BUCKETS],
+            buckets: vec![0; buckets as usize],
             overflow: 0,
             max_us: 0,
             count: 0,
@@ -74,7 +78,12 @@ impl Histogram {
         let us = latency.as_micros() as u64;
         self.max_us = self.max_us.max(us);
         self.count += 1;
-        match self.buckets.get_mut(us as usize) {
+        let index = if us < Self::FINE_US {
+            us
+        } else {
+            Self::FINE_US + (us - Self::FINE_US) / Self::COARSE_STEP_US
+        };
+        match self.buckets.get_mut(index as usize) {
             Some(bucket) => *bucket += 1,
             None => self.overflow += 1,
         }
@@ -84,10 +93,15 @@ impl Histogram {
     fn percentile(&self, quantile: f64) -> u64 {
         let rank = ((self.count as f64) * quantile).ceil().max(1.0) as u64;
         let mut seen = 0;
-        for (us, &n) in self.buckets.iter().enumerate() {
+        for (index, &n) in self.buckets.iter().enumerate() {
             seen += n;
             if seen >= rank {
-                return us as u64;
+                let index = index as u64;
+                return if index < Self::FINE_US {
+                    index
+                } else {
+                    Self::FINE_US + (index - Self::FINE_US) * Self::COARSE_STEP_US
+                };
             }
         }
         self.max_us
@@ -393,9 +407,10 @@ fn run(args: &Args) -> io::Result<u64> {
         let cpu = (after - before) as f64;
         if lines > 0 {
             println!(
-                "server cpu: {:.2} us per line | {:.0}% of one core",
+                "server cpu: {:.2} us per line | {:.0}% of one core | {:.0} ms in all",
                 cpu / 1e3 / lines as f64,
-                cpu / 1e9 / seconds * 100.0
+                cpu / 1e9 / seconds * 100.0,
+                cpu / 1e6
             );
         } else {
             println!(
