@@ -28,8 +28,9 @@ const READS_PER_TURN: usize = 16;
 pub(crate) enum Fault {
     /// The socket failed: a reset, a broken pipe, or something rarer.
     Io(io::Error),
-    /// The line handler panicked; the message is the panic's payload when it is text.
-    HandlerPanicked(String),
+    /// Serving the connection panicked: in the line handler (`in_handler`) or, defensively,
+    /// anywhere else in its turn. The message is the panic's payload when it is text.
+    Panicked { in_handler: bool, message: String },
 }
 
 impl From<io::Error> for Fault {
@@ -294,7 +295,10 @@ impl Sink<'_> {
             let scratch = scratch;
             handler.respond(lines, scratch)
         }))
-        .map_err(|payload| Fault::HandlerPanicked(panic_message(payload.as_ref())))?;
+        .map_err(|payload| Fault::Panicked {
+            in_handler: true,
+            message: panic_message(payload.as_ref()),
+        })?;
         send(self.socket, self.output, self.output_sent, answer)?;
         Ok(())
     }
@@ -342,7 +346,7 @@ fn compact(output: &mut Vec<u8>, output_sent: &mut usize) {
     }
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_owned()
     } else if let Some(text) = payload.downcast_ref::<String>() {

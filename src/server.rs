@@ -19,7 +19,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::config::Config;
-use crate::connection::{Connection, Fault, ReadOutcome, Turn};
+use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
 use crate::handler::{Echo, LineHandler};
 use crate::idle::IdleList;
 
@@ -359,9 +359,10 @@ impl Server {
         }));
         let outcome = match result {
             Ok(outcome) => outcome,
-            Err(_) => Err(Fault::HandlerPanicked(
-                "panic in connection handling".into(),
-            )),
+            Err(payload) => Err(Fault::Panicked {
+                in_handler: false,
+                message: panic_message(payload.as_ref()),
+            }),
         };
         match outcome {
             Ok(ReadOutcome::BudgetSpent) => {
@@ -464,8 +465,16 @@ impl Server {
                 log::debug!("{peer}: connection closed by the client: {e}")
             }
             Some(Fault::Io(e)) => log::warn!("{peer}: connection failed: {e}"),
-            Some(Fault::HandlerPanicked(message)) => {
-                log::error!("{peer}: the line handler panicked ({message}); connection closed")
+            Some(Fault::Panicked {
+                in_handler,
+                message,
+            }) => {
+                let place = if in_handler {
+                    "the line handler"
+                } else {
+                    "serving the connection"
+                };
+                log::error!("{peer}: panic in {place} ({message}); connection closed")
             }
         }
     }

@@ -164,8 +164,36 @@ impl LineHandler for PanicsOnRequest {
     }
 }
 
+/// Keeps every log record of this test process, so a test can check what was logged.
+struct CapturedLog(std::sync::Mutex<Vec<(log::Level, String)>>);
+
+impl log::Log for CapturedLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((record.level(), record.args().to_string()));
+    }
+    fn flush(&self) {}
+}
+
+fn captured_log() -> &'static CapturedLog {
+    static LOG: std::sync::OnceLock<&'static CapturedLog> = std::sync::OnceLock::new();
+    LOG.get_or_init(|| {
+        let logger: &'static CapturedLog =
+            Box::leak(Box::new(CapturedLog(std::sync::Mutex::new(Vec::new()))));
+        log::set_logger(logger).unwrap();
+        log::set_max_level(log::LevelFilter::Debug);
+        logger
+    })
+}
+
 #[test]
 fn a_panicking_handler_ends_its_connection_alone() {
+    let log = captured_log();
     let server = TestServer::start_with(Config::default(), Box::new(PanicsOnRequest));
     let addr = server.addr;
     let panicked = Arc::new(AtomicBool::new(false));
@@ -191,11 +219,26 @@ fn a_panicking_handler_ends_its_connection_alone() {
         })
         .collect();
     let mut victim = common::connect(addr);
+    let victim_addr = victim.local_addr().unwrap().to_string();
     assert_echo(&mut victim, b"fine so far\n");
     victim.write_all(b"panic\n").unwrap();
     assert!(
         common::closed_within(&mut victim, common::TIMEOUT),
         "the panicking connection is closed"
+    );
+    let errors: Vec<String> = log
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(level, _)| *level == log::Level::Error)
+        .map(|(_, message)| message.clone())
+        .collect();
+    assert!(
+        errors
+            .iter()
+            .any(|m| m.contains(&victim_addr) && m.contains("asked to panic")),
+        "one error line names the peer and the panic: {errors:?}"
     );
     panicked.store(true, Ordering::SeqCst);
     for bystander in bystanders {
@@ -444,4 +487,63 @@ fn a_full_file_table_pauses_accepting_without_spinning_and_recovers() {
         .read_exact(&mut back)
         .expect("a waiting client is served");
     assert_eq!(&back, format!("client {:03}\n", served + 10).as_bytes());
+}
+
+#[test]
+fn a_reset_in_the_middle_of_a_line_and_of_unsent_output_ends_that_connection_alone() {
+    let server = ServerProcess::start(&["--log-level", "debug"]);
+    let mut bystander = common::connect(server.addr());
+    assert_echo(&mut bystander, b"watching\n");
+    for round in 0..5 {
+        let mut flood = common::connect(server.addr());
+        // Megabytes of lines it never reads, so the server has output queued, then half a
+        // line, then a reset: the server's next write or read on it fails.
+        let mut line = pattern(4095, round);
+        line.push(b'\n');
+        let mut writer = flood.try_clone().unwrap();
+        writer
+            .set_write_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        for _ in 0..2_000 {
+            if writer.write_all(&line).is_err() {
+                break; // The server pushed back: buffers are full both ways.
+            }
+        }
+        let _ = flood.write_all(b"half a li");
+        common::reset(flood);
+        assert_echo(
+            &mut bystander,
+            format!("round {round} survived\n").as_bytes(),
+        );
+    }
+    let log = server.drain_log();
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("ERROR") || l.contains("WARN")),
+        "resets are ordinary: {log:?}"
+    );
+    let mut newcomer = common::connect(server.addr());
+    assert_echo(&mut newcomer, b"the process is alive\n");
+}
+
+#[test]
+fn an_over_long_line_is_logged_once_per_connection() {
+    let server = ServerProcess::start(&["--log-level", "debug", "--max-line-bytes", "100"]);
+    let mut client = common::connect(server.addr());
+    for i in 0..3 {
+        let mut long = pattern(1_000, i);
+        long.push(b'\n');
+        assert_echo(&mut client, &long);
+    }
+    client.shutdown(Shutdown::Write).unwrap();
+    common::read_to_end(&mut client).unwrap();
+    let log = server.log_until("connection closed");
+    let notes = log
+        .iter()
+        .filter(|l| l.contains("line longer than 100 bytes"))
+        .count();
+    assert_eq!(notes, 1, "one note for one connection: {log:?}");
+    assert!(log
+        .iter()
+        .all(|l| !l.contains("WARN") && !l.contains("ERROR")));
 }

@@ -194,13 +194,24 @@ impl ServerProcess {
 
     /// Waits for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str) -> String {
+        self.log_until(needle).pop().unwrap()
+    }
+
+    /// Every log line up to and including the first one containing `needle`.
+    pub fn log_until(&self, needle: &str) -> Vec<String> {
         let deadline = Instant::now() + TIMEOUT;
+        let mut lines = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line containing {needle:?}"),
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    lines.push(line);
+                    if found {
+                        return lines;
+                    }
+                }
+                Err(_) => panic!("no log line containing {needle:?}; saw {lines:?}"),
             }
         }
     }
