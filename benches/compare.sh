@@ -39,7 +39,12 @@ start line "$baseline" line "${port[line]}"
 
 run() { # scenario kv_load-args...
     local scenario=$1; shift
-    for round in $(seq "$rounds"); do
+    rounds_of "$rounds" "$scenario" "$@"
+}
+
+rounds_of() { # count scenario kv_load-args...
+    local count=$1 scenario=$2; shift 2
+    for round in $(seq "$count"); do
         for name in kv raw line; do
             echo "== $scenario, round $round: $name ($*)"
             taskset -c 1 "$load" --addr "127.0.0.1:${port[$name]}" --server-pid "${pid[$name]}" "$@"
@@ -65,9 +70,10 @@ ceiling() {
     rm -f "$a" "$b"
 }
 
+# First, on fresh processes: memory a server keeps after a burst would blur the figure.
+rounds_of 1 "idle memory" -c 10000 -d 0 -t 1
 run "request/response" -c 50 -l 128 -d 1 -t "$seconds"
 run "pipelined" -c 50 -l 16 -d 32 -t "$seconds"
 run "bulk" -c 1 -l 65536 -d 16 -t "$seconds"
-run "idle memory" -c 10000 -d 0 -t 1
 run "10k connections" -c 10000 -l 128 -d 1 -t "$seconds"
 ceiling

@@ -32,6 +32,8 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 const ACCEPTS_PER_TURN: usize = 256;
 /// How long accepting pauses after the process or system ran out of a resource.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Slab slots kept once every connection has closed; a larger slab is released.
+const SLAB_CAPACITY_KEPT: usize = 1024;
 /// Repeated warnings of one kind are logged at most this often.
 const WARNING_INTERVAL: Duration = Duration::from_secs(1);
 /// The listen backlog asked for; the kernel caps it at `net.core.somaxconn`. The Elixir
@@ -459,6 +461,11 @@ impl Server {
         let mut connection = self.connections.remove(key);
         let peer = connection.peer();
         let _ = self.poll.registry().deregister(connection.socket_mut());
+        if self.connections.is_empty() && self.connections.capacity() > SLAB_CAPACITY_KEPT {
+            // A burst of clients is over: give its slots back rather than keep them forever.
+            self.connections = Slab::new();
+            release_freed_memory();
+        }
         match fault {
             None => log::debug!("{peer}: connection closed"),
             Some(Fault::Io(e)) if is_ordinary_disconnect(&e) => {
@@ -505,6 +512,16 @@ fn serve_connection(
     };
     connection.half_close_when_done(turn)?;
     Ok(outcome)
+}
+
+/// Returns freed heap memory to the system. glibc keeps it by default, so after a burst
+/// of connections an idle server would go on holding the burst's peak.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Raises the listen backlog above mio's default: calling `listen` again on a listening

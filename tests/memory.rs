@@ -45,4 +45,19 @@ fn idle_connections_cost_under_a_kilobyte_each() {
         per_connection <= 1024,
         "{per_connection} bytes of RSS per idle connection"
     );
+
+    // When the burst is over, the server gives its memory back.
+    let fds_loaded = server.open_fds();
+    drop(clients);
+    drop(probe);
+    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    while server.open_fds() > fds_loaded - IDLE_CLIENTS - 1 && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let after_rss = server.status_kib("VmRSS");
+    assert!(
+        after_rss <= idle_rss + 256,
+        "RSS {after_rss} KiB after the clients left, {idle_rss} KiB before they came"
+    );
 }
