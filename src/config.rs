@@ -33,7 +33,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// How long a graceful shutdown waits for connections to flush and close.
     pub shutdown_timeout: Duration,
-    /// Unsent output at which a connection stops being read.
+    /// Most unsent echo output held for one connection: reading from it pauses while one
+    /// more read could take it past this.
     pub output_high_water: usize,
     /// Unsent output at which a paused connection is read again; below the high-water mark.
     pub output_low_water: usize,

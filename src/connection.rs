@@ -170,7 +170,9 @@ impl Connection {
             if !self.write_shut {
                 self.answer(received, turn)?;
             }
-            if self.pending_output() > turn.output_high_water {
+            // Pausing one read early keeps unsent echo output within the high-water mark
+            // itself, since the next read could add up to a buffer's worth.
+            if self.pending_output() + turn.read_buffer.len() > turn.output_high_water {
                 self.read_paused = true;
                 return Ok(ReadOutcome::Stopped);
             }
@@ -237,16 +239,10 @@ impl Connection {
 
     /// Frames `received` bytes of the shared read buffer and sends each answer.
     fn answer(&mut self, received: usize, turn: &mut Turn<'_>) -> Result<(), Fault> {
-        let data = &turn.read_buffer[..received];
+        let max_line_bytes = turn.max_line_bytes;
+        let (partial, data, mut sink) = self.split_for_answers(turn, received);
         let mut cut_long_line = false;
-        let mut sink = Sink {
-            socket: &mut self.socket,
-            output: &mut self.output,
-            output_sent: &mut self.output_sent,
-            handler: &mut *turn.handler,
-            scratch: &mut *turn.scratch,
-        };
-        let result = line::frame(&mut self.partial, data, turn.max_line_bytes, &mut |piece| {
+        let result = line::frame(partial, data, max_line_bytes, &mut |piece| {
             // Runs of complete lines end in a newline; only a cut piece of a long line does not.
             cut_long_line |= !piece.ends_with(b"\n");
             sink.respond(piece)
@@ -254,9 +250,8 @@ impl Connection {
         if cut_long_line && !self.long_line_logged {
             self.long_line_logged = true;
             log::debug!(
-                "{}: line longer than {} bytes, echoing it in pieces",
-                self.peer,
-                turn.max_line_bytes
+                "{}: line longer than {max_line_bytes} bytes, echoing it in pieces",
+                self.peer
             );
         }
         result
@@ -264,14 +259,25 @@ impl Connection {
 
     /// Answers the unfinished last line when no more input will follow it.
     fn answer_tail(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
-        let mut sink = Sink {
+        let (partial, _, mut sink) = self.split_for_answers(turn, 0);
+        line::finish(partial, &mut |piece| sink.respond(piece))
+    }
+
+    /// Borrows apart what framing needs (the unfinished line and the first `received` bytes
+    /// of the read buffer) from where the answers go.
+    fn split_for_answers<'a>(
+        &'a mut self,
+        turn: &'a mut Turn<'_>,
+        received: usize,
+    ) -> (&'a mut Vec<u8>, &'a [u8], Sink<'a>) {
+        let sink = Sink {
             socket: &mut self.socket,
             output: &mut self.output,
             output_sent: &mut self.output_sent,
             handler: &mut *turn.handler,
             scratch: &mut *turn.scratch,
         };
-        line::finish(&mut self.partial, &mut |piece| sink.respond(piece))
+        (&mut self.partial, &turn.read_buffer[..received], sink)
     }
 }
 

@@ -374,8 +374,9 @@ fn churn_leaves_no_descriptors_or_memory_behind() {
             }
         }
     };
-    warm_up(200);
+    // Counted before any client connects: the server's own descriptors only.
     let fds_before = server.open_fds();
+    warm_up(200);
     let rss_before = server.status_kib("VmRSS");
     warm_up(3_000);
     // Closes are processed asynchronously: wait for the count to settle.
