@@ -204,7 +204,10 @@ impl Server {
                 }
             }
             if let Some(signal) = self.forced_by {
-                log::warn!("Second shutdown signal ({signal}): stopping at once");
+                log::warn!(
+                    "Second shutdown signal ({}): stopping at once",
+                    signal_name(signal)
+                );
                 return Ok(Stopped::Forced { signal });
             }
             self.read_again_now(now);
@@ -255,7 +258,7 @@ impl Server {
             if self.shutdown_requested.swap(true, Ordering::SeqCst) {
                 self.forced_by = Some(signal);
             } else {
-                log::info!("Received signal {signal}; shutting down gracefully");
+                log::info!("Received {}; shutting down gracefully", signal_name(signal));
             }
         }
     }
@@ -403,7 +406,7 @@ impl Server {
                 self.serve(key, readiness, now);
             }
         }
-        // Keep the allocation of whichever list is larger for the next turn.
+        // Nothing was queued while serving these: reuse this list's allocation next turn.
         if self.read_again.is_empty() {
             self.read_again = keys;
             self.read_again.clear();
@@ -512,6 +515,11 @@ fn serve_connection(
     };
     connection.half_close_when_done(turn)?;
     Ok(outcome)
+}
+
+fn signal_name(signal: i32) -> String {
+    signal_hook::low_level::signal_name(signal)
+        .map_or_else(|| format!("signal {signal}"), str::to_owned)
 }
 
 /// Returns freed heap memory to the system. glibc keeps it by default, so after a burst
