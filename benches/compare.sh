@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side load-generator runs behind the README's results table: kv_server, a raw tokio
 # echo and a line-at-a-time tokio echo, each pinned to CPU 0 with kv_load pinned to CPU 1,
-# in one run, the servers taking turns within each round.
+# in one run, the servers taking turns within each round. benches/scale.sh goes on to
+# 19,900 connections with kv_server alone.
 #
 # Usage: bash benches/compare.sh [seconds per run, default 5] [rounds, default 1]
 set -euo pipefail
@@ -52,28 +53,9 @@ rounds_of() { # count scenario kv_load-args...
     done
 }
 
-# Near this machine's ceiling (20,000 open files per process): two load processes of
-# 9,950 connections each against kv_server alone. Server CPU per line is its CPU time over
-# both processes' lines.
-ceiling() {
-    local a b
-    a="$(mktemp)"; b="$(mktemp)"
-    echo "== ceiling: kv (2 x -c 9950 -l 128 -d 1 -t $seconds)"
-    taskset -c 1 "$load" --addr "127.0.0.1:${port[kv]}" --server-pid "${pid[kv]}" \
-        -c 9950 -l 128 -d 1 -t "$seconds" >"$a" &
-    local first=$!
-    taskset -c 1 "$load" --addr "127.0.0.1:${port[kv]}" -c 9950 -l 128 -d 1 -t "$seconds" >"$b"
-    wait "$first"
-    cat "$a" "$b"
-    awk '/^lines /{lines += $2} /server cpu/{for (i = 1; i <= NF; i++) if ($i == "ms") ms = $(i - 1)}
-         END {printf "ceiling total: %d lines, server cpu %.2f us per line\n", lines, ms * 1000 / lines}' "$a" "$b"
-    rm -f "$a" "$b"
-}
-
 # First, on fresh processes: memory a server keeps after a burst would blur the figure.
 rounds_of 1 "idle memory" -c 10000 -d 0 -t 1
 run "request/response" -c 50 -l 128 -d 1 -t "$seconds"
 run "pipelined" -c 50 -l 16 -d 32 -t "$seconds"
 run "bulk" -c 1 -l 65536 -d 16 -t "$seconds"
 run "10k connections" -c 10000 -l 128 -d 1 -t "$seconds"
-ceiling

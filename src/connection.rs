@@ -83,7 +83,8 @@ pub(crate) struct Connection {
     output_sent: usize,
     /// The client sent its FIN: nothing more will be read.
     read_closed: bool,
-    /// Reading stopped because unsent output passed the high-water mark.
+    /// Reading paused because one more read could take unsent output past the high-water
+    /// mark; it resumes at the low-water mark.
     read_paused: bool,
     /// The last turn of reading found the socket empty.
     read_drained: bool,

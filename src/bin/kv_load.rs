@@ -286,6 +286,7 @@ fn run(args: &Args) -> io::Result<u64> {
 
     // Measure.
     let cpu_before = args.server_pid.map(server_cpu_ns).transpose()?;
+    let ticks_before = args.server_pid.map(server_user_system_ticks).transpose()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration);
     let quota = args.lines.unwrap_or(u64::MAX);
@@ -382,6 +383,17 @@ fn run(args: &Args) -> io::Result<u64> {
     }
     let elapsed = started.elapsed();
     let cpu_after = args.server_pid.map(server_cpu_ns).transpose()?;
+    let ticks_after = args.server_pid.map(server_user_system_ticks).transpose()?;
+    let kernel_share = match (ticks_before, ticks_after) {
+        (Some((user0, system0)), Some((user1, system1))) => {
+            let (user, system) = (user1 - user0, system1 - system0);
+            format!(
+                " | {:.0}% of it in the kernel",
+                system as f64 * 100.0 / (user + system).max(1) as f64
+            )
+        }
+        _ => String::new(),
+    };
 
     let lines: u64 = clients.iter().map(|c| c.received).sum();
     let seconds = elapsed.as_secs_f64();
@@ -407,7 +419,7 @@ fn run(args: &Args) -> io::Result<u64> {
         let cpu = (after - before) as f64;
         if lines > 0 {
             println!(
-                "server cpu: {:.2} us per line | {:.0}% of one core | {:.0} ms in all",
+                "server cpu: {:.2} us per line | {:.0}% of one core | {:.0} ms in all{kernel_share}",
                 cpu / 1e3 / lines as f64,
                 cpu / 1e9 / seconds * 100.0,
                 cpu / 1e6
@@ -526,6 +538,24 @@ fn server_cpu_ns(pid: u32) -> io::Result<u64> {
         .next()
         .and_then(|field| field.parse().ok())
         .ok_or_else(|| io::Error::other("unreadable /proc/PID/schedstat"))
+}
+
+/// User and system CPU time of the process so far, in clock ticks (/proc/PID/stat).
+fn server_user_system_ticks(pid: u32) -> io::Result<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after_name = text
+        .rfind(')')
+        .map(|end| &text[end + 2..])
+        .ok_or_else(|| io::Error::other("unreadable /proc/PID/stat"))?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let field = |index: usize| -> io::Result<u64> {
+        fields
+            .get(index)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| io::Error::other("unreadable /proc/PID/stat"))
+    };
+    Ok((field(11)?, field(12)?))
 }
 
 fn rss_kib(pid: u32) -> io::Result<u64> {
