@@ -82,3 +82,76 @@ impl IdleList {
         self.timeout
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slab of `count` connections over real loopback sockets.
+    fn connections(count: usize) -> (std::net::TcpListener, Slab<Connection>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut slab = Slab::new();
+        for _ in 0..count {
+            let stream = std::net::TcpStream::connect(addr).unwrap();
+            let peer = stream.local_addr().unwrap();
+            let stream = mio::net::TcpStream::from_std(stream);
+            slab.insert(Connection::new(stream, peer, Instant::now()));
+        }
+        (listener, slab)
+    }
+
+    /// Keys from front (least recently active) to back.
+    fn order(list: &IdleList, slab: &Slab<Connection>) -> Vec<usize> {
+        let mut keys = Vec::new();
+        let mut next = list.front;
+        while let Some(key) = next {
+            keys.push(key);
+            next = slab[key].idle.next;
+        }
+        let mut backwards = Vec::new();
+        let mut prev = list.back;
+        while let Some(key) = prev {
+            backwards.push(key);
+            prev = slab[key].idle.prev;
+        }
+        backwards.reverse();
+        assert_eq!(keys, backwards, "the links agree in both directions");
+        keys
+    }
+
+    #[test]
+    fn activity_moves_a_connection_to_the_back_and_the_front_expires_first() {
+        let (_listener, mut slab) = connections(4);
+        let timeout = Duration::from_secs(10);
+        let mut list = IdleList::new(timeout);
+        let start = Instant::now();
+        for key in 0..4 {
+            list.push_back(&mut slab, key, start + Duration::from_secs(key as u64));
+        }
+        assert_eq!(order(&list, &slab), vec![0, 1, 2, 3]);
+
+        list.touch(&mut slab, 1, start + Duration::from_secs(5));
+        list.touch(&mut slab, 0, start + Duration::from_secs(6));
+        list.touch(&mut slab, 0, start + Duration::from_secs(7)); // already at the back
+        assert_eq!(order(&list, &slab), vec![2, 3, 1, 0]);
+        assert_eq!(
+            list.next_deadline(&slab),
+            Some(start + Duration::from_secs(2) + timeout)
+        );
+
+        assert_eq!(list.expired(&slab, start + Duration::from_secs(11)), None);
+        assert_eq!(
+            list.expired(&slab, start + Duration::from_secs(12)),
+            Some(2)
+        );
+
+        list.remove(&mut slab, 3); // from the middle
+        list.remove(&mut slab, 2); // the front
+        assert_eq!(order(&list, &slab), vec![1, 0]);
+        list.remove(&mut slab, 0); // the back
+        list.remove(&mut slab, 1); // the last one
+        assert_eq!(order(&list, &slab), Vec::<usize>::new());
+        assert_eq!(list.next_deadline(&slab), None);
+    }
+}

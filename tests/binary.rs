@@ -208,3 +208,58 @@ fn restart_right_after_a_stop_binds_the_same_port() {
     let mut client = common::connect(second.addr());
     assert_echo(&mut client, b"two\n");
 }
+
+fn kv_load() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kv_load"))
+}
+
+#[test]
+fn the_load_generator_checks_every_echoed_byte() {
+    let server = ServerProcess::start(&[]);
+    let addr = server.addr().to_string();
+    let pid = server.pid().to_string();
+    let output = kv_load()
+        .args([
+            "--addr", &addr, "-c", "20", "-l", "64", "-d", "4", "--lines", "200",
+        ])
+        .args(["--server-pid", &pid])
+        .output()
+        .unwrap();
+    let report = String::from_utf8(output.stdout).unwrap();
+    assert!(output.status.success(), "{report}");
+    assert!(report.contains("lines 4000 |"), "{report}");
+    assert!(report.contains("errors 0 "), "{report}");
+    assert!(report.contains("server cpu:"), "{report}");
+}
+
+/// Answers every line with its bytes shifted by one: a server that echoes wrongly.
+struct Corrupting;
+
+impl kv_server::LineHandler for Corrupting {
+    fn respond<'a>(&mut self, lines: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        scratch.extend(
+            lines
+                .iter()
+                .map(|&b| if b == b'\n' { b } else { b.wrapping_add(1) }),
+        );
+        scratch
+    }
+}
+
+#[test]
+fn the_load_generator_reports_a_wrong_echo_as_errors() {
+    let server = common::TestServer::start_with(kv_server::Config::default(), Box::new(Corrupting));
+    let addr = server.addr.to_string();
+    let output = kv_load()
+        .args([
+            "--addr", &addr, "-c", "2", "-l", "32", "-d", "1", "--lines", "10",
+        ])
+        .output()
+        .unwrap();
+    let report = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        !output.status.success(),
+        "a wrong echo fails the run: {report}"
+    );
+    assert!(report.contains("mismatched lines 20"), "{report}");
+}

@@ -132,6 +132,8 @@ struct Client {
     received: u64,
     /// Bytes of the line being received that have been checked.
     line_pos: usize,
+    /// The line being received already differs from what was sent.
+    line_differs: bool,
     /// The line expected next, regenerated as each one completes.
     expected: Vec<u8>,
     output: Vec<u8>,
@@ -231,6 +233,7 @@ fn run(args: &Args) -> io::Result<u64> {
                         sent: 0,
                         received: 0,
                         line_pos: 0,
+                        line_differs: false,
                         expected,
                         output: Vec::new(),
                         output_sent: 0,
@@ -513,12 +516,14 @@ fn receive(
         while !data.is_empty() {
             let take = (line_len - client.line_pos).min(data.len());
             let (chunk, rest) = data.split_at(take);
-            if chunk != &client.expected[client.line_pos..client.line_pos + take] {
-                result.mismatched += 1;
-            }
+            client.line_differs |=
+                chunk != &client.expected[client.line_pos..client.line_pos + take];
             client.line_pos += take;
             data = rest;
             if client.line_pos == line_len {
+                if std::mem::take(&mut client.line_differs) {
+                    result.mismatched += 1;
+                }
                 client.line_pos = 0;
                 client.received += 1;
                 result.lines += 1;
