@@ -143,10 +143,16 @@ impl Connection {
     /// Reads what the socket holds, answering every complete line, until the socket is
     /// drained, the turn's budget is spent, or unsent output passes the high-water mark.
     ///
-    /// `peer_closed` says the readiness event already reported the client's FIN: then a
-    /// short read does not mean the socket is empty, because the end of stream is still to
-    /// be read and no fresh edge will announce it.
-    pub fn read(&mut self, turn: &mut Turn<'_>, peer_closed: bool) -> Result<ReadOutcome, Fault> {
+    /// Normally a read shorter than the buffer ends the turn: the socket is empty and the
+    /// next byte brings a fresh edge. `until_would_block` says a short read proves nothing
+    /// this time, because an edge was already spent: the event reported the client's FIN
+    /// (the end of stream is still to be read and nothing will announce it again), or
+    /// edges went unanswered while reading was paused or its budget ran out.
+    pub fn read(
+        &mut self,
+        turn: &mut Turn<'_>,
+        until_would_block: bool,
+    ) -> Result<ReadOutcome, Fault> {
         if self.read_closed || self.read_paused {
             return Ok(ReadOutcome::Stopped);
         }
@@ -179,7 +185,7 @@ impl Connection {
             }
             // A read shorter than the buffer emptied the socket: asking again would only
             // return WouldBlock, and the next byte to arrive brings a fresh edge.
-            if received < turn.read_buffer.len() && !peer_closed {
+            if received < turn.read_buffer.len() && !until_would_block {
                 self.read_drained = true;
                 return Ok(ReadOutcome::Drained);
             }

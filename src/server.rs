@@ -196,7 +196,7 @@ impl Server {
                             readable: event.is_readable()
                                 || event.is_read_closed()
                                 || event.is_error(),
-                            peer_closed: event.is_read_closed() || event.is_error(),
+                            until_would_block: event.is_read_closed() || event.is_error(),
                             writable: event.is_writable() || event.is_write_closed(),
                         };
                         self.serve(key, readiness, now);
@@ -397,10 +397,10 @@ impl Server {
         for &key in &keys {
             if let Some(connection) = self.connections.get_mut(key) {
                 connection.read_queued = false;
-                // Budget ran out mid-stream: read on as if a FIN may be waiting behind.
+                // Budget ran out mid-stream: no edge will say what is still waiting.
                 let readiness = Readiness {
                     readable: true,
-                    peer_closed: true,
+                    until_would_block: true,
                     writable: false,
                 };
                 self.serve(key, readiness, now);
@@ -447,9 +447,10 @@ impl Server {
         for key in keys {
             self.connections[key].begin_drain();
             // Read what already arrived (it was acknowledged) and half-close if all is out.
+            // Edges of a paused connection went unanswered, so read until WouldBlock.
             let readiness = Readiness {
                 readable: true,
-                peer_closed: false,
+                until_would_block: true,
                 writable: true,
             };
             self.serve(key, readiness, now);
@@ -494,8 +495,9 @@ impl Server {
 #[derive(Debug, Clone, Copy)]
 struct Readiness {
     readable: bool,
-    /// The client's FIN (or an error) is already known to be waiting.
-    peer_closed: bool,
+    /// Read until `WouldBlock`: a short read proves nothing, because the event already
+    /// reported the client's FIN or an error, or edges may have gone unanswered.
+    until_would_block: bool,
     writable: bool,
 }
 
@@ -505,11 +507,14 @@ fn serve_connection(
     readiness: Readiness,
 ) -> Result<ReadOutcome, Fault> {
     let mut read = readiness.readable;
-    if readiness.writable && connection.pending_output() > 0 {
-        read |= connection.flush(turn)?;
+    let mut until_would_block = readiness.until_would_block;
+    if readiness.writable && connection.pending_output() > 0 && connection.flush(turn)? {
+        // Reading resumes after a pause, during which readable edges went unanswered.
+        read = true;
+        until_would_block = true;
     }
     let outcome = if read {
-        connection.read(turn, readiness.peer_closed)?
+        connection.read(turn, until_would_block)?
     } else {
         ReadOutcome::Stopped
     };
