@@ -74,8 +74,26 @@ netcat_lines() {
         echo "nc got: $got"; return 1; }
 }
 
+# Megabytes through nc: the server pushes back while nc is still sending, and nc's
+# half-close arrives behind the data; every byte must come back, then the end of stream.
+netcat_bulk() {
+    local sent received
+    sent="$(mktemp)"; received="$(mktemp)"
+    head -c 15000000 /dev/urandom | base64 -w 100 >"$sent"
+    printf 'and a tail without newline' >>"$sent"
+    nc -N -w 20 127.0.0.1 "$port" <"$sent" >"$received"
+    if cmp -s "$sent" "$received"; then
+        rm -f "$sent" "$received"
+    else
+        echo "nc bulk: sent $(wc -c <"$sent") bytes, got back $(wc -c <"$received")"
+        rm -f "$sent" "$received"
+        return 1
+    fi
+}
+
 check "two telnet sessions at once, each echoed" two_telnets
 check "nc: lines, CRLF and a half-closed tail" netcat_lines
+check "nc: 20 MB of lines, then half-close, all back" netcat_bulk
 
 echo "real_clients: $passed passed, $failed failed"
 ((failed == 0))
