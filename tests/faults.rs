@@ -87,19 +87,9 @@ fn a_client_that_does_not_read_is_not_buffered_without_bound() {
         writer.shutdown(Shutdown::Write).unwrap();
     });
     // Wait until the sender is stuck: the server stopped reading and every buffer between
-    // the two is full. Progress is polled; there is no event for "stopped moving".
-    let mut last = 0;
-    let mut still = 0;
-    while still < 5 {
-        thread::sleep(Duration::from_millis(100));
-        let now = written.load(Ordering::Relaxed);
-        if now == last {
-            still += 1;
-        } else {
-            still = 0;
-            last = now;
-        }
-    }
+    // the two is full.
+    wait_until_stalled(&written);
+    let last = written.load(Ordering::SeqCst);
     assert!(
         last < total,
         "the server must push back before 200 MB are in flight"
@@ -306,34 +296,87 @@ fn an_idle_client_is_closed_and_a_chatty_one_is_not() {
 }
 
 #[test]
-fn sigterm_drains_every_line_in_flight_then_exits_zero() {
-    let mut server = ServerProcess::start(&["--shutdown-timeout", "10"]);
+fn sigterm_echoes_everything_that_reached_the_server_then_exits_zero() {
+    let mut server = ServerProcess::start(&["--shutdown-timeout", "20"]);
     let mut client = common::connect(server.addr());
-    // 90 KB: it fits in the socket buffers between client and server, so the sender can
-    // finish before the signal while the client reads nothing but the first echo.
-    let lines: Vec<u8> = (0..5_000)
-        .flat_map(|i| format!("in flight {i:05}\r\n").into_bytes())
-        .collect();
-    let mut writer = client.try_clone().unwrap();
-    let to_send = lines.clone();
-    let sender = thread::spawn(move || writer.write_all(&to_send).unwrap());
-    // The first echo proves the lines are reaching the server; then ask it to stop.
-    let mut first = vec![0u8; 18];
-    client.read_exact(&mut first).unwrap();
-    sender.join().unwrap();
+    // 20 MB of lines, sent by a client that reads nothing until the signal: the server,
+    // its socket buffers and the client's receive buffer fill up, megabytes in flight.
+    let lines: Arc<Vec<u8>> = Arc::new(
+        (0..1_000_000)
+            .flat_map(|i| format!("in flight {i:07}\r\n").into_bytes())
+            .collect(),
+    );
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sender = {
+        let mut writer = client.try_clone().unwrap();
+        let lines = Arc::clone(&lines);
+        let written = Arc::clone(&written);
+        thread::spawn(move || {
+            let mut sent = 0;
+            while sent < lines.len() {
+                match writer.write(&lines[sent..(sent + 65_536).min(lines.len())]) {
+                    Ok(n) => sent += n,
+                    Err(_) => return, // The test closes the socket once it has its answer.
+                }
+                written.store(sent, Ordering::SeqCst);
+            }
+        })
+    };
+    wait_until_stalled(&written);
+    // Bytes the server's kernel has acknowledged: written, less what is still in the
+    // client's send queue (SIOCOUTQ counts unsent and unacknowledged bytes).
+    let reached = written.load(Ordering::SeqCst) - unacknowledged(&client);
+    assert!(reached > 1 << 20, "only {reached} bytes reached the server");
     server.signal(libc::SIGTERM);
-    let mut rest = Vec::new();
-    client.read_to_end(&mut rest).unwrap();
-    first.extend_from_slice(&rest);
-    assert_eq!(first.len(), lines.len(), "every line came back");
-    assert!(first == lines, "in order and intact");
-    drop(client);
-    let status = server.wait_exit(Duration::from_secs(10));
+    let mut received = Vec::new();
+    client
+        .read_to_end(&mut received)
+        .expect("a clean end of stream, not a reset");
+    assert!(
+        received.len() >= reached,
+        "{} bytes came back of {reached} that reached the server",
+        received.len()
+    );
+    assert!(
+        lines[..received.len()] == received[..],
+        "in order and intact"
+    );
+    client.shutdown(Shutdown::Both).unwrap();
+    sender.join().unwrap();
+    let status = server.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "exit status {status:?}");
     assert!(
         TcpStream::connect(server.addr()).is_err(),
         "listener closed"
     );
+}
+
+/// Waits until a sender's progress counter stops moving: everything between it and a
+/// server that stopped reading is full. Progress is polled, as there is no event for
+/// "stopped moving".
+fn wait_until_stalled(progress: &std::sync::atomic::AtomicUsize) {
+    let mut last = 0;
+    let mut still = 0;
+    while still < 5 {
+        thread::sleep(Duration::from_millis(100));
+        let now = progress.load(Ordering::SeqCst);
+        if now == last && now > 0 {
+            still += 1;
+        } else {
+            still = 0;
+            last = now;
+        }
+    }
+}
+
+/// Bytes in the socket's send queue not yet acknowledged by the peer.
+fn unacknowledged(stream: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut queued: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int into `queued`.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+    assert_eq!(rc, 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+    queued as usize
 }
 
 #[test]
