@@ -187,6 +187,12 @@ fn stamp(mut seq: u64, line: &mut [u8]) {
 }
 
 fn main() -> ExitCode {
+    // A report piped into `head` should end the tool quietly, as it does any Unix filter,
+    // rather than panic on a failed print.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = Args::parse();
     match run(&args) {
         Ok(0) => ExitCode::SUCCESS,
