@@ -119,41 +119,37 @@ pub fn connections_allowed_by(limit: u64) -> usize {
 
 /// The soft open-file limit of this process.
 pub fn open_file_limit() -> u64 {
+    file_limits().map_or(1024, |limit| limit.rlim_cur)
+}
+
+/// Raises the soft open-file limit to the hard limit, as servers that hold one descriptor per
+/// client do at start-up, and returns the limit now in force.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let limit = file_limits()?;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_max)
+}
+
+/// The soft and hard open-file limits.
+fn file_limits() -> std::io::Result<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into the struct we own and reads nothing else.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024;
+        return Err(std::io::Error::last_os_error());
     }
-    limit.rlim_cur
-}
-
-/// Raises the soft open-file limit to the hard limit, as servers that hold one descriptor per
-/// client do at start-up, and returns the limit now in force.
-pub fn raise_open_file_limit() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: as above; setrlimit reads the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            limit = raised;
-        }
-    }
-    Ok(limit.rlim_cur)
+    Ok(limit)
 }
 
 #[cfg(test)]

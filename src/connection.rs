@@ -196,15 +196,8 @@ impl Connection {
     /// Sends what the socket would not take before. Returns true when reading was paused
     /// and may resume because the output fell to the low-water mark.
     pub fn flush(&mut self, turn: &Turn<'_>) -> io::Result<bool> {
-        while self.output_sent < self.output.len() {
-            match self.socket.write(&self.output[self.output_sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(sent) => self.output_sent += sent,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        self.output_sent +=
+            write_until_blocked(&mut self.socket, &self.output[self.output_sent..])?;
         if self.output_sent == self.output.len() && self.output.capacity() > 0 {
             self.output = Vec::new();
             self.output_sent = 0;
@@ -323,7 +316,7 @@ fn send(
     socket: &mut TcpStream,
     output: &mut Vec<u8>,
     output_sent: &mut usize,
-    mut answer: &[u8],
+    answer: &[u8],
 ) -> io::Result<()> {
     if *output_sent < output.len() {
         // Earlier output is still queued; this must wait behind it to keep the order.
@@ -331,21 +324,28 @@ fn send(
         output.extend_from_slice(answer);
         return Ok(());
     }
-    while !answer.is_empty() {
-        match socket.write(answer) {
+    let sent = write_until_blocked(socket, answer)?;
+    if sent < answer.len() {
+        output.clear();
+        *output_sent = 0;
+        output.extend_from_slice(&answer[sent..]);
+    }
+    Ok(())
+}
+
+/// Writes as much of `bytes` as the socket takes before it would block; returns how much.
+fn write_until_blocked(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match socket.write(&bytes[sent..]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(sent) => answer = &answer[sent..],
+            Ok(n) => sent += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
-    if !answer.is_empty() {
-        output.clear();
-        *output_sent = 0;
-        output.extend_from_slice(answer);
-    }
-    Ok(())
+    Ok(sent)
 }
 
 /// Moves unsent output to the front once the sent prefix is at least as long, so the buffer

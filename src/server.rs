@@ -330,18 +330,14 @@ impl Server {
     }
 
     fn resume_accepting(&mut self, now: Instant) {
-        match self.accept_paused_until {
-            Some(until) if now >= until => {
-                self.accept_paused_until = None;
-                // The listener is edge-triggered: connections that queued up during the
-                // pause bring no new edge, so look for them now.
-                self.accept(now);
-            }
-            _ => {
-                if self.accept_again {
-                    self.accept(now);
-                }
-            }
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+            // The listener is edge-triggered: connections that queued up during the pause
+            // bring no new edge, so look for them now.
+            self.accept_again = true;
+        }
+        if self.accept_again {
+            self.accept(now);
         }
     }
 
@@ -393,8 +389,8 @@ impl Server {
     }
 
     fn read_again_now(&mut self, now: Instant) {
-        let keys = std::mem::take(&mut self.read_again);
-        for &key in &keys {
+        let mut keys = std::mem::take(&mut self.read_again);
+        for key in keys.drain(..) {
             if let Some(connection) = self.connections.get_mut(key) {
                 connection.read_queued = false;
                 // Budget ran out mid-stream: no edge will say what is still waiting.
@@ -409,7 +405,6 @@ impl Server {
         // Nothing was queued while serving these: reuse this list's allocation next turn.
         if self.read_again.is_empty() {
             self.read_again = keys;
-            self.read_again.clear();
         }
     }
 
