@@ -4,23 +4,40 @@
 # in one run, the servers taking turns within each round. benches/scale.sh goes on to
 # 19,900 connections with kv_server alone.
 #
-# Usage: bash benches/compare.sh [seconds per run, default 5] [rounds, default 1]
+# With --against BINARY, a second kv_server build (say, the release binary of the commit
+# before a change) takes its turn in every round as "kv_before", so that a change's cost is
+# a ratio measured side by side; --kv-args and --before-args add options to either one.
+#
+# Usage: bash benches/compare.sh [--against BINARY] [--kv-args "ARGS"] [--before-args "ARGS"]
+#                                [--only "SCENARIO..."] [seconds per run, default 5] [rounds, default 1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+against="" kv_args="" before_args="" only=""
+while [[ "${1:-}" == --* ]]; do
+    case "$1" in
+        --against) against="$(realpath "$2")"; shift 2 ;;
+        --kv-args) kv_args="$2"; shift 2 ;;
+        --before-args) before_args="$2"; shift 2 ;;
+        --only) only="$2"; shift 2 ;;
+        *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+done
 seconds="${1:-5}"
 rounds="${2:-1}"
 ulimit -n "$(ulimit -Hn)"
 
-cargo build --release --quiet --bins
+cargo build --release --quiet --bins --example kv_load
 cargo bench --no-run --quiet --bench baseline_server 2>/dev/null
 baseline="$(ls -t target/release/deps/baseline_server-* | grep -v '\.d$' | head -1)"
-load=./target/release/kv_load
+load=./target/release/examples/kv_load
 
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; }
+results="$(mktemp)"
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -f "$results"; }
 trap cleanup EXIT
 
-declare -A port=([kv]=7040 [raw]=7041 [line]=7042)
+declare -A port=([kv]=7040 [raw]=7041 [line]=7042 [kv_before]=7043)
+names=(kv raw line)
 declare -A pid
 start() { # name command...
     local name=$1; shift
@@ -34,9 +51,16 @@ start() { # name command...
     echo "compare.sh: $name did not start" >&2
     exit 1
 }
-start kv ./target/release/kv_server --bind 127.0.0.1 --port "${port[kv]}"
-start raw "$baseline" raw "${port[raw]}"
-start line "$baseline" line "${port[line]}"
+# shellcheck disable=SC2086 # the extra arguments are meant to split into words
+start kv ./target/release/kv_server --bind 127.0.0.1 --port "${port[kv]}" $kv_args
+if [[ -n "$against" ]]; then
+    # shellcheck disable=SC2086
+    start kv_before "$against" --bind 127.0.0.1 --port "${port[kv_before]}" $before_args
+    names=(kv kv_before)
+else
+    start raw "$baseline" raw "${port[raw]}"
+    start line "$baseline" line "${port[line]}"
+fi
 
 run() { # scenario kv_load-args...
     local scenario=$1; shift
@@ -45,17 +69,56 @@ run() { # scenario kv_load-args...
 
 rounds_of() { # count scenario kv_load-args...
     local count=$1 scenario=$2; shift 2
+    if [[ -n "$only" && " $only " != *" $scenario "* ]]; then return; fi
     for round in $(seq "$count"); do
-        for name in kv raw line; do
-            echo "== $scenario, round $round: $name ($*)"
-            taskset -c 1 "$load" --addr "127.0.0.1:${port[$name]}" --server-pid "${pid[$name]}" "$@"
+        for name in "${names[@]}"; do
+            echo "== $scenario, round $round: $name ($*)" | tee -a "$results"
+            taskset -c 1 "$load" --addr "127.0.0.1:${port[$name]}" --server-pid "${pid[$name]}" "$@" \
+                | tee -a "$results"
         done
     done
 }
 
 # First, on fresh processes: memory a server keeps after a burst would blur the figure.
-rounds_of 1 "idle memory" -c 10000 -d 0 -t 1
+# Scenario names (for --only): idle-memory request/response pipelined bulk 10k
+rounds_of 1 "idle-memory" -c 10000 -d 0 -t 1
 run "request/response" -c 50 -l 128 -d 1 -t "$seconds"
 run "pipelined" -c 50 -l 16 -d 32 -t "$seconds"
 run "bulk" -c 1 -l 65536 -d 16 -t "$seconds"
-run "10k connections" -c 10000 -l 128 -d 1 -t "$seconds"
+run "10k" -c 10000 -l 128 -d 1 -t "$seconds"
+
+# Medians over the rounds, and each server's ratio to kv_server in the same run.
+python3 - "$results" <<'SUMMARY'
+import re, statistics, sys
+runs = {}
+key = None
+for line in open(sys.argv[1]):
+    if line.startswith("== "):
+        m = re.match(r"== (\S+), round \d+: (\S+)", line)
+        key = (m.group(1), m.group(2))
+        runs.setdefault(key, {})
+        continue
+    for metric, pattern in [("server us/line", r"server cpu: ([\d.]+) us per line"),
+                            ("lines/s", r"lines/s (\d+)"),
+                            ("MB/s", r"MB/s ([\d.]+)"),
+                            ("bytes/conn", r"([\d.]+) bytes per connection"),
+                            ("errors", r"^errors (\d+)")]:
+        m = re.search(pattern, line)
+        if m and key:
+            runs[key].setdefault(metric, []).append(float(m.group(1)))
+print("\n== medians (ratio to kv in the same run)")
+for scenario in dict.fromkeys(k[0] for k in runs):
+    names = [k[1] for k in runs if k[0] == scenario]
+    for metric in ["server us/line", "lines/s", "MB/s", "bytes/conn", "errors"]:
+        cells = []
+        base = statistics.median(runs[(scenario, "kv")].get(metric, [0])) if (scenario, "kv") in runs else 0
+        for name in names:
+            values = runs[(scenario, name)].get(metric)
+            if not values:
+                continue
+            median = statistics.median(values)
+            ratio = f" ({median / base:.2f}x)" if base and name != "kv" and metric != "errors" else ""
+            cells.append(f"{name} {median:g}{ratio}")
+        if cells:
+            print(f"{scenario:17} {metric:15} " + " | ".join(cells))
+SUMMARY

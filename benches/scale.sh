@@ -8,8 +8,8 @@ cd "$(dirname "$0")/.."
 seconds="${1:-5}"
 rounds="${2:-3}"
 ulimit -n "$(ulimit -Hn)"
-cargo build --release --quiet --bins
-load=./target/release/kv_load
+cargo build --release --quiet --bins --example kv_load
+load=./target/release/examples/kv_load
 port=7100
 taskset -c 0 ./target/release/kv_server --bind 127.0.0.1 --port "$port" 2>/dev/null &
 server=$!

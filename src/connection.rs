@@ -17,6 +17,7 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use crate::handler::LineHandler;
+use crate::idle::{IdleLinks, Linked};
 use crate::line;
 
 /// Reads one connection may make per readiness event before the reactor serves the others:
@@ -62,15 +63,6 @@ pub(crate) struct Turn<'a> {
     pub output_low_water: usize,
 }
 
-/// Links of the reactor's idle list (least recently active first), kept inside the
-/// connection so that noting activity costs no allocation and no search.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct IdleLinks {
-    pub prev: Option<usize>,
-    pub next: Option<usize>,
-    pub last_active: Instant,
-}
-
 pub(crate) struct Connection {
     socket: TcpStream,
     /// Kept from accept time: after a reset the socket can no longer tell it.
@@ -78,9 +70,8 @@ pub(crate) struct Connection {
     /// The unfinished last line, always shorter than the line limit; empty and unallocated
     /// whenever the client's last read ended at a line end.
     partial: Vec<u8>,
-    /// Answers the socket would not take yet; `output[output_sent..]` is still to be sent.
-    output: Vec<u8>,
-    output_sent: usize,
+    /// Answers the socket would not take yet.
+    output: OutputBuffer,
     /// The client sent its FIN: nothing more will be read.
     read_closed: bool,
     /// Reading paused because one more read could take unsent output past the high-water
@@ -96,7 +87,16 @@ pub(crate) struct Connection {
     long_line_logged: bool,
     /// Already waiting in the reactor's list of connections to read again.
     pub read_queued: bool,
-    pub idle: IdleLinks,
+    idle: IdleLinks,
+}
+
+impl Linked for Connection {
+    fn links(&self) -> &IdleLinks {
+        &self.idle
+    }
+    fn links_mut(&mut self) -> &mut IdleLinks {
+        &mut self.idle
+    }
 }
 
 impl Connection {
@@ -105,8 +105,7 @@ impl Connection {
             socket,
             peer,
             partial: Vec::new(),
-            output: Vec::new(),
-            output_sent: 0,
+            output: OutputBuffer::default(),
             read_closed: false,
             read_paused: false,
             read_drained: false,
@@ -114,11 +113,7 @@ impl Connection {
             write_shut: false,
             long_line_logged: false,
             read_queued: false,
-            idle: IdleLinks {
-                prev: None,
-                next: None,
-                last_active: now,
-            },
+            idle: IdleLinks::new(now),
         }
     }
 
@@ -132,7 +127,7 @@ impl Connection {
 
     /// Bytes answered but not yet taken by the socket.
     pub fn pending_output(&self) -> usize {
-        self.output.len() - self.output_sent
+        self.output.pending()
     }
 
     /// Nothing more will come in and everything has gone out: the connection can be dropped.
@@ -196,12 +191,7 @@ impl Connection {
     /// Sends what the socket would not take before. Returns true when reading was paused
     /// and may resume because the output fell to the low-water mark.
     pub fn flush(&mut self, turn: &Turn<'_>) -> io::Result<bool> {
-        self.output_sent +=
-            write_until_blocked(&mut self.socket, &self.output[self.output_sent..])?;
-        if self.output_sent == self.output.len() && self.output.capacity() > 0 {
-            self.output = Vec::new();
-            self.output_sent = 0;
-        }
+        self.output.flush(&mut self.socket)?;
         if self.read_paused && self.pending_output() <= turn.output_low_water {
             self.read_paused = false;
             return Ok(true);
@@ -240,13 +230,20 @@ impl Connection {
     /// Frames `received` bytes of the shared read buffer and sends each answer.
     fn answer(&mut self, received: usize, turn: &mut Turn<'_>) -> Result<(), Fault> {
         let max_line_bytes = turn.max_line_bytes;
-        let (partial, data, mut sink) = self.split_for_answers(turn, received);
         let mut cut_long_line = false;
-        let result = line::frame(partial, data, max_line_bytes, &mut |piece| {
-            // Runs of complete lines end in a newline; only a cut piece of a long line does not.
-            cut_long_line |= !piece.ends_with(b"\n");
-            sink.respond(piece)
-        });
+        let (socket, output) = (&mut self.socket, &mut self.output);
+        let result = line::frame(
+            &mut self.partial,
+            &turn.read_buffer[..received],
+            max_line_bytes,
+            &mut |piece| {
+                // Runs of complete lines end in a newline; only a cut piece of a long line
+                // does not.
+                cut_long_line |= !piece.ends_with(b"\n");
+                let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+                Ok(output.send(socket, answer)?)
+            },
+        );
         if cut_long_line && !self.long_line_logged {
             self.long_line_logged = true;
             log::debug!(
@@ -259,78 +256,82 @@ impl Connection {
 
     /// Answers the unfinished last line when no more input will follow it.
     fn answer_tail(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
-        let (partial, _, mut sink) = self.split_for_answers(turn, 0);
-        line::finish(partial, &mut |piece| sink.respond(piece))
-    }
-
-    /// Borrows apart what framing needs (the unfinished line and the first `received` bytes
-    /// of the read buffer) from where the answers go.
-    fn split_for_answers<'a>(
-        &'a mut self,
-        turn: &'a mut Turn<'_>,
-        received: usize,
-    ) -> (&'a mut Vec<u8>, &'a [u8], Sink<'a>) {
-        let sink = Sink {
-            socket: &mut self.socket,
-            output: &mut self.output,
-            output_sent: &mut self.output_sent,
-            handler: &mut *turn.handler,
-            scratch: &mut *turn.scratch,
-        };
-        (&mut self.partial, &turn.read_buffer[..received], sink)
+        let (socket, output) = (&mut self.socket, &mut self.output);
+        line::finish(&mut self.partial, &mut |piece| {
+            let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+            Ok(output.send(socket, answer)?)
+        })
     }
 }
 
-/// Where answers go: straight to the socket while nothing is queued before them, otherwise
-/// (and for whatever the socket would not take) into the connection's output buffer.
-struct Sink<'a> {
-    socket: &'a mut TcpStream,
-    output: &'a mut Vec<u8>,
-    output_sent: &'a mut usize,
-    handler: &'a mut dyn LineHandler,
+/// Asks the handler for its answer to `lines`; a panic in the handler becomes a fault of this
+/// connection alone.
+fn respond<'a>(
+    handler: &mut dyn LineHandler,
+    lines: &'a [u8],
     scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8], Fault> {
+    scratch.clear();
+    catch_unwind(AssertUnwindSafe(move || {
+        // Moving the borrow in makes the closure FnOnce, so the answer outlives the call.
+        let scratch = scratch;
+        handler.respond(lines, scratch)
+    }))
+    .map_err(|payload| Fault::Panicked {
+        in_handler: true,
+        message: panic_message(payload.as_ref()),
+    })
 }
 
-impl Sink<'_> {
-    fn respond(&mut self, lines: &[u8]) -> Result<(), Fault> {
-        self.scratch.clear();
-        let handler = &mut *self.handler;
-        let scratch = &mut *self.scratch;
-        let answer = catch_unwind(AssertUnwindSafe(move || {
-            // Moving the borrow out makes the closure FnOnce, so the answer outlives the call.
-            let scratch = scratch;
-            handler.respond(lines, scratch)
-        }))
-        .map_err(|payload| Fault::Panicked {
-            in_handler: true,
-            message: panic_message(payload.as_ref()),
-        })?;
-        send(self.socket, self.output, self.output_sent, answer)?;
+/// Output the socket would not take yet, in order: `bytes[sent..]` is still to be sent.
+/// Empty and unallocated whenever everything has gone out.
+#[derive(Debug, Default)]
+struct OutputBuffer {
+    bytes: Vec<u8>,
+    sent: usize,
+}
+
+impl OutputBuffer {
+    fn pending(&self) -> usize {
+        self.bytes.len() - self.sent
+    }
+
+    /// Writes `answer` to the socket unless earlier output is still queued, and queues
+    /// whatever the socket would not take.
+    fn send(&mut self, socket: &mut TcpStream, answer: &[u8]) -> io::Result<()> {
+        if self.pending() > 0 {
+            // Earlier output is still queued; this must wait behind it to keep the order.
+            self.compact();
+            self.bytes.extend_from_slice(answer);
+            return Ok(());
+        }
+        let sent = write_until_blocked(socket, answer)?;
+        if sent < answer.len() {
+            self.bytes.clear();
+            self.sent = 0;
+            self.bytes.extend_from_slice(&answer[sent..]);
+        }
         Ok(())
     }
-}
 
-/// Writes `answer` to the socket unless earlier output is still queued, and queues whatever
-/// the socket would not take.
-fn send(
-    socket: &mut TcpStream,
-    output: &mut Vec<u8>,
-    output_sent: &mut usize,
-    answer: &[u8],
-) -> io::Result<()> {
-    if *output_sent < output.len() {
-        // Earlier output is still queued; this must wait behind it to keep the order.
-        compact(output, output_sent);
-        output.extend_from_slice(answer);
-        return Ok(());
+    /// Sends what is queued, as far as the socket takes it; releases the buffer once empty.
+    fn flush(&mut self, socket: &mut TcpStream) -> io::Result<()> {
+        self.sent += write_until_blocked(socket, &self.bytes[self.sent..])?;
+        if self.pending() == 0 && self.bytes.capacity() > 0 {
+            *self = OutputBuffer::default();
+        }
+        Ok(())
     }
-    let sent = write_until_blocked(socket, answer)?;
-    if sent < answer.len() {
-        output.clear();
-        *output_sent = 0;
-        output.extend_from_slice(&answer[sent..]);
+
+    /// Moves unsent output to the front once the sent prefix is at least as long, so the
+    /// buffer tracks what is pending rather than everything ever queued; each byte is moved
+    /// at most once on average.
+    fn compact(&mut self) {
+        if self.sent > 0 && self.sent >= self.pending() {
+            self.bytes.drain(..self.sent);
+            self.sent = 0;
+        }
     }
-    Ok(())
 }
 
 /// Writes as much of `bytes` as the socket takes before it would block; returns how much.
@@ -346,17 +347,6 @@ fn write_until_blocked(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<usize
         }
     }
     Ok(sent)
-}
-
-/// Moves unsent output to the front once the sent prefix is at least as long, so the buffer
-/// tracks what is pending rather than everything ever queued; each byte is moved at most
-/// once on average.
-fn compact(output: &mut Vec<u8>, output_sent: &mut usize) {
-    let sent = *output_sent;
-    if sent > 0 && sent >= output.len() - sent {
-        output.drain(..sent);
-        *output_sent = 0;
-    }
 }
 
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {

@@ -1,15 +1,39 @@
 //! The idle list: every connection ordered from least to most recently active, so that the
 //! idle timeout costs O(1) per event and per expiry, whatever the number of connections.
 //!
-//! The list is intrusive: its links live in each connection's slab entry, so noting activity
-//! moves a connection to the back without allocating or searching, and the connection at the
-//! front is always the next one to time out.
+//! The list is intrusive: its links live in each slab entry, so noting activity moves an
+//! entry to the back without allocating or searching, and the entry at the front is always
+//! the next one to time out. It works on any slab whose entries carry [`IdleLinks`], which
+//! keeps it testable without sockets.
 
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::connection::Connection;
+/// One entry's place in the idle list, kept inside the entry itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdleLinks {
+    prev: Option<usize>,
+    next: Option<usize>,
+    last_active: Instant,
+}
+
+impl IdleLinks {
+    /// Links of an entry not yet in the list.
+    pub fn new(now: Instant) -> Self {
+        IdleLinks {
+            prev: None,
+            next: None,
+            last_active: now,
+        }
+    }
+}
+
+/// What the idle list needs of a slab entry: its links.
+pub(crate) trait Linked {
+    fn links(&self) -> &IdleLinks;
+    fn links_mut(&mut self) -> &mut IdleLinks;
+}
 
 #[derive(Debug)]
 pub(crate) struct IdleList {
@@ -27,55 +51,55 @@ impl IdleList {
         }
     }
 
-    /// Appends a connection just inserted into the slab as the most recently active.
-    pub fn push_back(&mut self, connections: &mut Slab<Connection>, key: usize, now: Instant) {
-        let links = &mut connections[key].idle;
+    /// Appends an entry just inserted into the slab as the most recently active.
+    pub fn push_back<T: Linked>(&mut self, entries: &mut Slab<T>, key: usize, now: Instant) {
+        let links = entries[key].links_mut();
         links.prev = self.back;
         links.next = None;
         links.last_active = now;
         match self.back {
-            Some(back) => connections[back].idle.next = Some(key),
+            Some(back) => entries[back].links_mut().next = Some(key),
             None => self.front = Some(key),
         }
         self.back = Some(key);
     }
 
-    /// Unlinks a connection about to be removed from the slab.
-    pub fn remove(&mut self, connections: &mut Slab<Connection>, key: usize) {
-        let links = connections[key].idle;
+    /// Unlinks an entry about to be removed from the slab.
+    pub fn remove<T: Linked>(&mut self, entries: &mut Slab<T>, key: usize) {
+        let links = *entries[key].links();
         match links.prev {
-            Some(prev) => connections[prev].idle.next = links.next,
+            Some(prev) => entries[prev].links_mut().next = links.next,
             None => self.front = links.next,
         }
         match links.next {
-            Some(next) => connections[next].idle.prev = links.prev,
+            Some(next) => entries[next].links_mut().prev = links.prev,
             None => self.back = links.prev,
         }
-        let links = &mut connections[key].idle;
+        let links = entries[key].links_mut();
         links.prev = None;
         links.next = None;
     }
 
-    /// Notes traffic on a connection: it moves to the back of the list.
-    pub fn touch(&mut self, connections: &mut Slab<Connection>, key: usize, now: Instant) {
+    /// Notes traffic on an entry: it moves to the back of the list.
+    pub fn touch<T: Linked>(&mut self, entries: &mut Slab<T>, key: usize, now: Instant) {
         if self.back == Some(key) {
-            connections[key].idle.last_active = now;
+            entries[key].links_mut().last_active = now;
             return;
         }
-        self.remove(connections, key);
-        self.push_back(connections, key, now);
+        self.remove(entries, key);
+        self.push_back(entries, key, now);
     }
 
-    /// The least recently active connection, if its idle time has run out at `now`.
-    pub fn expired(&self, connections: &Slab<Connection>, now: Instant) -> Option<usize> {
+    /// The least recently active entry, if its idle time has run out at `now`.
+    pub fn expired<T: Linked>(&self, entries: &Slab<T>, now: Instant) -> Option<usize> {
         let front = self.front?;
-        (connections[front].idle.last_active + self.timeout <= now).then_some(front)
+        (entries[front].links().last_active + self.timeout <= now).then_some(front)
     }
 
-    /// When the least recently active connection will time out, if there is one.
-    pub fn next_deadline(&self, connections: &Slab<Connection>) -> Option<Instant> {
+    /// When the least recently active entry will time out, if there is one.
+    pub fn next_deadline<T: Linked>(&self, entries: &Slab<T>) -> Option<Instant> {
         self.front
-            .map(|front| connections[front].idle.last_active + self.timeout)
+            .map(|front| entries[front].links().last_active + self.timeout)
     }
 
     pub fn timeout(&self) -> Duration {
@@ -87,33 +111,36 @@ impl IdleList {
 mod tests {
     use super::*;
 
-    /// A slab of `count` connections over real loopback sockets.
-    fn connections(count: usize) -> (std::net::TcpListener, Slab<Connection>) {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
+    impl Linked for IdleLinks {
+        fn links(&self) -> &IdleLinks {
+            self
+        }
+        fn links_mut(&mut self) -> &mut IdleLinks {
+            self
+        }
+    }
+
+    fn entries(count: usize) -> Slab<IdleLinks> {
         let mut slab = Slab::new();
         for _ in 0..count {
-            let stream = std::net::TcpStream::connect(addr).unwrap();
-            let peer = stream.local_addr().unwrap();
-            let stream = mio::net::TcpStream::from_std(stream);
-            slab.insert(Connection::new(stream, peer, Instant::now()));
+            slab.insert(IdleLinks::new(Instant::now()));
         }
-        (listener, slab)
+        slab
     }
 
     /// Keys from front (least recently active) to back.
-    fn order(list: &IdleList, slab: &Slab<Connection>) -> Vec<usize> {
+    fn order(list: &IdleList, slab: &Slab<IdleLinks>) -> Vec<usize> {
         let mut keys = Vec::new();
         let mut next = list.front;
         while let Some(key) = next {
             keys.push(key);
-            next = slab[key].idle.next;
+            next = slab[key].next;
         }
         let mut backwards = Vec::new();
         let mut prev = list.back;
         while let Some(key) = prev {
             backwards.push(key);
-            prev = slab[key].idle.prev;
+            prev = slab[key].prev;
         }
         backwards.reverse();
         assert_eq!(keys, backwards, "the links agree in both directions");
@@ -121,8 +148,8 @@ mod tests {
     }
 
     #[test]
-    fn activity_moves_a_connection_to_the_back_and_the_front_expires_first() {
-        let (_listener, mut slab) = connections(4);
+    fn activity_moves_an_entry_to_the_back_and_the_front_expires_first() {
+        let mut slab = entries(4);
         let timeout = Duration::from_secs(10);
         let mut list = IdleList::new(timeout);
         let start = Instant::now();

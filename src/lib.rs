@@ -18,13 +18,17 @@
 //! thread.join().unwrap().unwrap();
 //! ```
 
+mod accept;
 pub mod config;
 mod connection;
 mod handler;
 mod idle;
 pub mod line;
 mod server;
+mod shutdown;
+mod table;
 
 pub use config::{Config, ConfigError};
 pub use handler::{Echo, LineHandler};
-pub use server::{Server, ShutdownHandle, Stopped};
+pub use server::Server;
+pub use shutdown::{ShutdownHandle, Stopped};

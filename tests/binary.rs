@@ -6,7 +6,7 @@ mod common;
 use std::net::TcpListener;
 use std::time::Duration;
 
-use common::{assert_echo, binary, ServerProcess};
+use common::{assert_echo, binary, kv_load, ServerProcess};
 
 #[test]
 fn port_environment_variable_is_honoured_and_logged() {
@@ -207,10 +207,6 @@ fn restart_right_after_a_stop_binds_the_same_port() {
     let second = ServerProcess::start(&["--port", &port]);
     let mut client = common::connect(second.addr());
     assert_echo(&mut client, b"two\n");
-}
-
-fn kv_load() -> std::process::Command {
-    std::process::Command::new(env!("CARGO_BIN_EXE_kv_load"))
 }
 
 #[test]

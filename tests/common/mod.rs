@@ -11,6 +11,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use kv_server::{Config, LineHandler, Server, ShutdownHandle, Stopped};
+#[allow(unused_imports)] // Each test binary uses its own subset of these helpers.
+pub use kv_testkit::pattern;
+use kv_testkit::proc;
 
 /// Long enough never to fire on a working server, short enough to end a hung test.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -121,6 +124,19 @@ pub fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kv_server"))
 }
 
+/// The load generator, `examples/kv_load`, which `cargo test` builds beside the server.
+pub fn kv_load() -> Command {
+    let server = std::path::Path::new(env!("CARGO_BIN_EXE_kv_server"));
+    let path = server.with_file_name("examples").join("kv_load");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds it; after `cargo test --test NAME` run \
+         `cargo build --example kv_load` first",
+        path.display()
+    );
+    Command::new(path)
+}
+
 impl ServerProcess {
     /// Starts the binary on a free port and waits for its "Accepting connections" line.
     pub fn start(args: &[&str]) -> ServerProcess {
@@ -174,22 +190,17 @@ impl ServerProcess {
 
     /// A field of /proc/PID/status in KiB (VmRSS, VmHWM, ...).
     pub fn status_kib(&self, field: &str) -> u64 {
-        proc_status_kib(self.pid(), field)
+        proc::status_kib(self.child.id(), field).unwrap()
     }
 
     pub fn open_fds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .unwrap()
-            .count()
+        proc::open_fds(self.child.id()).unwrap()
     }
 
     /// User plus system CPU time consumed so far, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+        let (user, system) = proc::user_system_ticks(self.child.id()).unwrap();
+        user + system
     }
 
     /// Waits for a log line containing `needle`.
@@ -229,15 +240,6 @@ impl Drop for ServerProcess {
     }
 }
 
-pub fn proc_status_kib(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Reads stderr until the start-up line, returns the port it names and a channel of the
 /// lines that follow (read on a thread so the pipe never fills and blocks the server).
 fn wait_for_listening(stderr: ChildStderr) -> (u16, mpsc::Receiver<String>) {
@@ -263,23 +265,6 @@ fn wait_for_listening(stderr: ChildStderr) -> (u16, mpsc::Receiver<String>) {
         .expect("the server logs 'Accepting connections on port N'")
         .expect("the port in the start-up line is a number");
     (port, lines_rx)
-}
-
-/// A deterministic, incompressible-looking byte pattern covering every byte value except
-/// `\n`, so that a misplaced or repeated chunk cannot go unnoticed.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            match (state >> 24) as u8 {
-                b'\n' => b'\r',
-                byte => byte,
-            }
-        })
-        .collect()
 }
 
 pub fn raise_fd_limit() {

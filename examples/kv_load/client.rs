@@ -1,0 +1,169 @@
+//! One load-generating connection: the lines it sends, the output the socket has not taken
+//! yet, and the byte-by-byte check of what comes back.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+use mio::net::TcpStream;
+
+use crate::histogram::Histogram;
+
+pub struct Client {
+    pub stream: TcpStream,
+    template: Vec<u8>,
+    pub connected: bool,
+    pub closed: bool,
+    /// Lines written so far (queued counts as written).
+    pub sent: u64,
+    /// Lines echoed back and verified.
+    pub received: u64,
+    /// Bytes of the line being received that have been checked.
+    line_pos: usize,
+    /// The line being received already differs from what was sent.
+    line_differs: bool,
+    /// The line expected next, regenerated as each one completes.
+    expected: Vec<u8>,
+    output: Vec<u8>,
+    output_sent: usize,
+    send_times: VecDeque<Instant>,
+}
+
+/// What one readiness event brought back.
+pub struct Received {
+    pub lines: u64,
+    pub mismatched: u64,
+    pub eof: bool,
+}
+
+impl Client {
+    /// Client number `id`, whose lines are `line_len` bytes with up to `depth` in flight.
+    pub fn new(stream: TcpStream, id: u64, line_len: usize, depth: usize) -> Client {
+        let template = line_template(id, line_len);
+        let mut expected = Vec::with_capacity(line_len);
+        make_line(&template, 0, &mut expected);
+        Client {
+            stream,
+            template,
+            connected: false,
+            closed: false,
+            sent: 0,
+            received: 0,
+            line_pos: 0,
+            line_differs: false,
+            expected,
+            output: Vec::new(),
+            output_sent: 0,
+            send_times: VecDeque::with_capacity(depth),
+        }
+    }
+
+    /// Queues `lines` more lines, noting when each was sent.
+    pub fn send_lines(&mut self, lines: u64, scratch: &mut Vec<u8>) {
+        let now = Instant::now();
+        for _ in 0..lines {
+            make_line(&self.template, self.sent, scratch);
+            self.output.extend_from_slice(scratch);
+            self.sent += 1;
+            self.send_times.push_back(now);
+        }
+    }
+
+    /// Writes queued lines until the socket would block.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.output_sent < self.output.len() {
+            match self.stream.write(&self.output[self.output_sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.output_sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.output.clear();
+        self.output_sent = 0;
+        Ok(())
+    }
+
+    /// Reads until the socket would block, checking every byte against the lines sent and
+    /// recording each completed line's latency.
+    pub fn receive(
+        &mut self,
+        buffer: &mut [u8],
+        histogram: &mut Histogram,
+        now: Instant,
+    ) -> io::Result<Received> {
+        let line_len = self.template.len();
+        let mut result = Received {
+            lines: 0,
+            mismatched: 0,
+            eof: false,
+        };
+        loop {
+            let n = match self.stream.read(buffer) {
+                Ok(0) => {
+                    result.eof = true;
+                    return Ok(result);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(result),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let mut data = &buffer[..n];
+            while !data.is_empty() {
+                let take = (line_len - self.line_pos).min(data.len());
+                let (chunk, rest) = data.split_at(take);
+                self.line_differs |= chunk != &self.expected[self.line_pos..self.line_pos + take];
+                self.line_pos += take;
+                data = rest;
+                if self.line_pos == line_len {
+                    if std::mem::take(&mut self.line_differs) {
+                        result.mismatched += 1;
+                    }
+                    self.line_pos = 0;
+                    self.received += 1;
+                    result.lines += 1;
+                    if let Some(sent_at) = self.send_times.pop_front() {
+                        histogram.record(now.saturating_duration_since(sent_at));
+                    }
+                    make_line(&self.template, self.received, &mut self.expected);
+                }
+            }
+        }
+    }
+}
+
+/// The bytes every line of connection `id` carries: a per-connection pattern of bytes other
+/// than `\n`, ending in the newline. Made once per connection; lines differ by the sequence
+/// number stamped at the front.
+fn line_template(id: u64, len: usize) -> Vec<u8> {
+    let mut line = kv_testkit::pattern(len - 1, id);
+    line.push(b'\n');
+    line
+}
+
+/// Writes line `seq` of a connection, from its template, into `into`.
+fn make_line(template: &[u8], seq: u64, into: &mut Vec<u8>) {
+    into.clear();
+    into.extend_from_slice(template);
+    stamp(seq, &mut into[..template.len() - 1]);
+}
+
+/// Writes `seq` in hex, then a colon, over the front of `line` (as much as fits).
+fn stamp(mut seq: u64, line: &mut [u8]) {
+    let mut digits = [0u8; 17];
+    let mut start = 16;
+    digits[16] = b':';
+    loop {
+        start -= 1;
+        digits[start] = b"0123456789abcdef"[(seq & 15) as usize];
+        seq >>= 4;
+        if seq == 0 {
+            break;
+        }
+    }
+    let digits = &digits[start..];
+    let n = digits.len().min(line.len());
+    line[..n].copy_from_slice(&digits[..n]);
+}
