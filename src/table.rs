@@ -143,7 +143,8 @@ impl ConnectionTable {
             idle.remove(&mut self.slab, key);
         }
         let mut connection = self.slab.remove(key);
-        let peer = connection.peer();
+        // Logged while the socket is still open: whoever sees the close can find the line.
+        log_close(connection.peer(), fault);
         let _ = registry.deregister(connection.socket_mut());
         drop(connection);
         if self.slab.is_empty() && self.slab.capacity() > SLAB_CAPACITY_KEPT {
@@ -151,7 +152,6 @@ impl ConnectionTable {
             self.slab = Slab::new();
             release_freed_memory();
         }
-        log_close(peer, fault);
     }
 }
 
