@@ -71,7 +71,14 @@ rounds_of() { # count scenario kv_load-args...
     local count=$1 scenario=$2; shift 2
     if [[ -n "$only" && " $only " != *" $scenario "* ]]; then return; fi
     for round in $(seq "$count"); do
-        for name in "${names[@]}"; do
+        # Alternate the order, so that going first (a cold cache, a fresh burst) is shared.
+        local order=("${names[@]}")
+        if ((round % 2 == 0)); then
+            local reversed=()
+            for ((i = ${#names[@]} - 1; i >= 0; i--)); do reversed+=("${names[$i]}"); done
+            order=("${reversed[@]}")
+        fi
+        for name in "${order[@]}"; do
             echo "== $scenario, round $round: $name ($*)" | tee -a "$results"
             taskset -c 1 "$load" --addr "127.0.0.1:${port[$name]}" --server-pid "${pid[$name]}" "$@" \
                 | tee -a "$results"

@@ -1,16 +1,20 @@
-//! Where a connection comes from and whether it is let in: the listening socket, accepting
-//! from it within a per-turn budget, the connection limit, and the pauses after the process
-//! or the system ran out of descriptors or memory, with their rate-limited warnings.
+//! Where a connection comes from and whether it is let in: the listening socket (bound here,
+//! with `SO_REUSEPORT` if asked, or inherited from a service manager through `LISTEN_FDS`),
+//! accepting from it within a per-turn budget, the connection limit, and the pauses after
+//! the process or the system ran out of descriptors or memory, with their rate-limited
+//! warnings.
 //!
 //! This plays the Elixir original's `:permanent` acceptor: nothing here ends the loop. The
 //! reactor owns the connections; the acceptor only hands it sockets it may keep.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
+use socket2::{Domain, Socket, Type};
 
 use crate::config::Config;
 
@@ -25,10 +29,23 @@ const WARNING_INTERVAL: Duration = Duration::from_secs(1);
 /// original's backlog of 5 made one connect in seven wait for a SYN retransmit.
 const LISTEN_BACKLOG: libc::c_int = 4096;
 
+/// Where the listening socket came from, which decides what happens to its accept queue
+/// when this process stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Bound by this process: closing it resets whatever waits in its queue, so shutdown
+    /// takes those connections in first.
+    Bound,
+    /// Handed over by a service manager, which keeps it open: its queue waits for the next
+    /// instance.
+    Inherited,
+}
+
 /// The listening socket and the rules for letting connections in.
 pub(crate) struct Acceptor {
     /// `None` once shutdown has begun: the listener is closed first.
     listener: Option<TcpListener>,
+    origin: Origin,
     local_addr: SocketAddr,
     max_connections: usize,
     /// Accepting is paused until then, after running out of descriptors or memory.
@@ -43,15 +60,38 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    /// Binds the configured address (with `SO_REUSEADDR`, so a restart binds at once) and
-    /// registers the listener under `token`.
+    /// Binds the configured address (with `SO_REUSEADDR`, so a restart binds at once, and
+    /// `SO_REUSEPORT` when configured) and registers the listener under `token`.
     pub fn bind(config: &Config, registry: &Registry, token: Token) -> io::Result<Acceptor> {
-        let mut listener = TcpListener::bind(config.listen)?;
-        deepen_backlog(&listener)?;
+        let listener = bind_listener(config.listen, config.reuse_port)?;
+        Acceptor::new(listener, Origin::Bound, config, registry, token)
+    }
+
+    /// Serves a listening socket handed over by the caller, typically by a service manager
+    /// (see [`listener_from_service_manager`]). It is made non-blocking here.
+    pub fn inherit(
+        listener: std::net::TcpListener,
+        config: &Config,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<Acceptor> {
+        listener.set_nonblocking(true)?;
+        Acceptor::new(listener, Origin::Inherited, config, registry, token)
+    }
+
+    fn new(
+        listener: std::net::TcpListener,
+        origin: Origin,
+        config: &Config,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<Acceptor> {
+        let mut listener = TcpListener::from_std(listener);
         let local_addr = listener.local_addr()?;
         registry.register(&mut listener, token, Interest::READABLE)?;
         Ok(Acceptor {
             listener: Some(listener),
+            origin,
             local_addr,
             max_connections: config.effective_max_connections(),
             paused_until: None,
@@ -60,6 +100,12 @@ impl Acceptor {
             resource_warning: RateLimit::default(),
             limit_warning: RateLimit::default(),
         })
+    }
+
+    /// Whether connections waiting in the accept queue are this process's to serve before
+    /// it stops: true unless a service manager holds the socket for the next instance.
+    pub fn owns_queue(&self) -> bool {
+        self.origin == Origin::Bound
     }
 
     /// The address listened on, with the real port when port 0 was asked for.
@@ -160,15 +206,120 @@ impl Acceptor {
     }
 }
 
-/// Raises the listen backlog above mio's default: calling `listen` again on a listening
-/// socket updates its backlog.
-fn deepen_backlog(listener: &TcpListener) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor belongs to `listener`, which outlives the call.
-    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
-        return Err(io::Error::last_os_error());
+/// A non-blocking listening socket on `addr`, its options set before `bind`.
+fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_cloexec(true)?;
+    socket.set_nonblocking(true)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
     }
-    Ok(())
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// The listening socket a service manager handed over with systemd's socket-activation
+/// protocol (`LISTEN_PID`, `LISTEN_FDS`; descriptors from 3), also spoken by
+/// `systemd-socket-activate` and `systemfd`. `Ok(None)` when there is none for this process
+/// (no variables, or `LISTEN_PID` names another process). Anything but exactly one
+/// listening TCP socket, IPv4 or IPv6, is an error that names the descriptor and what it is.
+pub fn listener_from_service_manager() -> Result<Option<std::net::TcpListener>, String> {
+    let fds = sd_notify::listen_fds().map_err(|e| {
+        let value = |name| std::env::var(name).unwrap_or_default();
+        let reason = if e.raw_os_error() == Some(libc::EBADF) {
+            "it names descriptors that are not open".to_owned()
+        } else {
+            e.to_string()
+        };
+        format!(
+            "cannot use the sockets passed by the service manager (LISTEN_PID='{}', \
+             LISTEN_FDS='{}'): {reason}",
+            value("LISTEN_PID"),
+            value("LISTEN_FDS")
+        )
+    })?;
+    let fds: Vec<RawFd> = fds.collect();
+    match fds.as_slice() {
+        [] => Ok(None),
+        [fd] => listening_tcp_socket(*fd).map(Some),
+        more => Err(format!(
+            "LISTEN_FDS passes {} descriptors ({}); kv_server serves exactly one listening \
+             TCP socket",
+            more.len(),
+            more.iter()
+                .map(|fd| fd.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Takes descriptor `fd` as a listening TCP socket, or says what it is instead.
+fn listening_tcp_socket(fd: RawFd) -> Result<std::net::TcpListener, String> {
+    let not_a_listener = |what: &str| {
+        format!("descriptor {fd} from LISTEN_FDS is {what}; kv_server needs a listening TCP socket")
+    };
+    if !is_socket(fd) {
+        return Err(not_a_listener(&describe_non_socket(fd)));
+    }
+    // SAFETY: LISTEN_FDS hands descriptors from 3 on to this process alone; nothing else
+    // in it owns this one, and it is a socket.
+    let socket = unsafe { Socket::from_raw_fd(fd) };
+    let inspect = |e: io::Error| format!("descriptor {fd} from LISTEN_FDS: cannot inspect it: {e}");
+    let domain = socket.domain().map_err(inspect)?;
+    let kind = socket.r#type().map_err(inspect)?;
+    let family = match domain {
+        Domain::IPV4 | Domain::IPV6 => "",
+        Domain::UNIX => "a Unix ",
+        _ => "a non-IP ",
+    };
+    if !family.is_empty() {
+        let kind = if kind == Type::DGRAM {
+            "datagram socket"
+        } else {
+            "socket"
+        };
+        return Err(not_a_listener(&format!("{family}{kind}")));
+    }
+    if kind == Type::DGRAM {
+        return Err(not_a_listener("a UDP socket"));
+    }
+    if kind != Type::STREAM {
+        return Err(not_a_listener("an IP socket that is neither TCP nor UDP"));
+    }
+    if !socket.is_listener().map_err(inspect)? {
+        let what = match socket.peer_addr().ok().and_then(|a| a.as_socket()) {
+            Some(peer) => format!("a TCP socket connected to {peer}"),
+            None => "a TCP socket that is not listening".to_owned(),
+        };
+        return Err(not_a_listener(&what));
+    }
+    Ok(socket.into())
+}
+
+fn is_socket(fd: RawFd) -> bool {
+    file_type(fd) == Some(libc::S_IFSOCK)
+}
+
+/// The `S_IFMT` bits of what `fd` refers to, if it is open.
+fn file_type(fd: RawFd) -> Option<libc::mode_t> {
+    // SAFETY: fstat only writes into the struct we own; a bad descriptor is an error.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(fd, &mut stat) } == 0).then_some(stat.st_mode & libc::S_IFMT)
+}
+
+fn describe_non_socket(fd: RawFd) -> String {
+    match file_type(fd) {
+        None => "not open".to_owned(),
+        Some(libc::S_IFREG) => "a regular file".to_owned(),
+        Some(libc::S_IFDIR) => "a directory".to_owned(),
+        Some(libc::S_IFIFO) => "a pipe".to_owned(),
+        Some(libc::S_IFCHR) => "a character device".to_owned(),
+        Some(libc::S_IFBLK) => "a block device".to_owned(),
+        Some(_) => "not a socket".to_owned(),
+    }
 }
 
 /// Accept failures that concern one connection attempt only (see accept(2)): skip it.

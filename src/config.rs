@@ -23,8 +23,12 @@ pub const DEFAULT_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Everything a [`crate::Server`] needs to know before it binds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Address and port to listen on; port 0 picks a free port.
+    /// Address and port to listen on; port 0 picks a free port. Unused when the server is
+    /// given a listening socket.
     pub listen: SocketAddr,
+    /// Set `SO_REUSEPORT` on the listener, so that several instances share one port (the
+    /// kernel spreads connections over them) and a new one can start before the old stops.
+    pub reuse_port: bool,
     /// Longest piece of a line handed to the handler; must be at least 1.
     pub max_line_bytes: usize,
     /// Most connections served at once; `None` derives it from the open-file limit.
@@ -46,6 +50,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT),
+            reuse_port: false,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             max_connections: None,
             idle_timeout: None,

@@ -28,7 +28,8 @@ mod server;
 mod shutdown;
 mod table;
 
+pub use accept::listener_from_service_manager;
 pub use config::{Config, ConfigError};
 pub use handler::{Echo, LineHandler};
 pub use server::Server;
-pub use shutdown::{ShutdownHandle, Stopped};
+pub use shutdown::{ServiceManager, ShutdownHandle, Stopped};

@@ -1,8 +1,8 @@
 //! The `kv_server` binary: command line -> [`Config`] -> logger -> [`Server`] -> run.
 //!
 //! Everything a user can get wrong at start-up (a bad port, an unparsable address, a port
-//! already in use) ends here with one line on stderr and a non-zero exit status, never a
-//! panic or a backtrace.
+//! already in use, a socket from a service manager that is not a listening TCP socket) ends
+//! here with one line on stderr and a non-zero exit status, never a panic or a backtrace.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kv_server::config::{self, Config};
-use kv_server::{Server, Stopped};
+use kv_server::{Echo, Server, ServiceManager, Stopped};
 use log::LevelFilter;
 use simple_logger::SimpleLogger;
 
@@ -18,6 +18,10 @@ use simple_logger::SimpleLogger;
 ///
 /// A port of the Elixir guide's KVServer ("Task and gen_tcp") to a single-threaded mio
 /// event loop. SIGINT or SIGTERM shuts it down gracefully; a second one stops it at once.
+///
+/// Under a service manager it serves the socket passed with LISTEN_FDS (socket activation;
+/// --port, PORT and --bind are then ignored), and with NOTIFY_SOCKET set it reports
+/// readiness, status and stopping, and feeds the watchdog (WATCHDOG_USEC).
 #[derive(Debug, Parser)]
 #[command(name = "kv_server", version, about, long_about)]
 struct Cli {
@@ -29,6 +33,11 @@ struct Cli {
     /// Address to listen on, IPv4 or IPv6
     #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     bind: IpAddr,
+
+    /// Set SO_REUSEPORT, so that several instances share the port (one per core) and a new
+    /// one can start before the old one stops
+    #[arg(long)]
+    reuse_port: bool,
 
     /// Log level: off, error, warn, info, debug or trace [default: RUST_LOG, else info]
     #[arg(long, value_name = "LEVEL")]
@@ -106,8 +115,10 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
             config::open_file_limit()
         }
     };
+    let inherited = kv_server::listener_from_service_manager()?;
     let config = Config {
         listen: SocketAddr::new(cli.bind, port),
+        reuse_port: cli.reuse_port,
         max_line_bytes: cli.max_line_bytes,
         max_connections: cli.max_connections,
         idle_timeout: (cli.idle_timeout > 0.0).then(|| Duration::from_secs_f64(cli.idle_timeout)),
@@ -115,11 +126,37 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         ..Config::default()
     };
     config.validate().map_err(|e| e.to_string())?;
-    let mut server = Server::bind(config.clone())
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let mut server = match inherited {
+        Some(listener) => {
+            log::info!(
+                "Serving the listening socket passed by the service manager (LISTEN_FDS); \
+                 --port, PORT, --bind and --reuse-port do not apply to it"
+            );
+            Server::from_listener(listener, config.clone(), Box::new(Echo))
+                .map_err(|e| format!("cannot serve the socket from LISTEN_FDS: {e}"))?
+        }
+        None => Server::bind(config.clone())
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?,
+    };
     server
         .handle_signals()
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    match ServiceManager::from_environment() {
+        Ok(Some(manager)) => {
+            log::debug!(
+                "Notifying the service manager (watchdog every {:?})",
+                manager.watchdog_interval()
+            );
+            server.notify_service_manager(manager);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            let socket = std::env::var("NOTIFY_SOCKET").unwrap_or_default();
+            return Err(format!(
+                "cannot reach the service manager at NOTIFY_SOCKET '{socket}': {e}"
+            ));
+        }
+    }
     if let Some(asked) = config.max_connections {
         if asked as u64 >= open_files {
             log::warn!(

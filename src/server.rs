@@ -20,7 +20,7 @@ use crate::accept::Acceptor;
 use crate::config::Config;
 use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
 use crate::handler::{Echo, LineHandler};
-use crate::shutdown::{Shutdown, ShutdownHandle, Stopped};
+use crate::shutdown::{ServiceManager, Shutdown, ShutdownHandle, Stopped};
 use crate::table::ConnectionTable;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -55,6 +55,32 @@ impl Server {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
         let acceptor = Acceptor::bind(&config, poll.registry(), LISTENER)?;
+        Server::with_acceptor(poll, acceptor, config, handler)
+    }
+
+    /// Serves `listener`, a listening socket bound elsewhere (for example one handed over by
+    /// a service manager: see [`crate::listener_from_service_manager`]), instead of binding
+    /// `config.listen`. Its accept queue is left for whoever else holds the socket when
+    /// this server stops.
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        config: Config,
+        handler: Box<dyn LineHandler>,
+    ) -> io::Result<Server> {
+        config
+            .validate()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let poll = Poll::new()?;
+        let acceptor = Acceptor::inherit(listener, &config, poll.registry(), LISTENER)?;
+        Server::with_acceptor(poll, acceptor, config, handler)
+    }
+
+    fn with_acceptor(
+        poll: Poll,
+        acceptor: Acceptor,
+        config: Config,
+        handler: Box<dyn LineHandler>,
+    ) -> io::Result<Server> {
         let shutdown = Shutdown::new(poll.registry(), WAKER, SIGNALS, config.shutdown_timeout)?;
         Ok(Server {
             poll,
@@ -89,10 +115,18 @@ impl Server {
         self.shutdown.handle_signals(self.poll.registry())
     }
 
+    /// Tells `manager` when the server is ready, what it is doing and when it stops, and
+    /// keeps its watchdog fed from the event loop.
+    pub fn notify_service_manager(&mut self, manager: ServiceManager) {
+        self.shutdown.notify_service_manager(manager);
+    }
+
     /// Serves clients until shutdown. Only a failure of the poll instance itself ends it with
     /// an error; accept errors and client faults never do.
     pub fn run(mut self) -> io::Result<Stopped> {
-        log::info!("Accepting connections on port {}", self.local_addr().port());
+        let port = self.local_addr().port();
+        log::info!("Accepting connections on port {port}");
+        self.shutdown.announce_ready(Instant::now(), port);
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout(Instant::now());
@@ -144,6 +178,7 @@ impl Server {
         if self.shutdown.should_begin() {
             self.begin_shutdown(now);
         }
+        self.shutdown.before_sleep(now, self.connections.len());
         self.shutdown.finished(now, self.connections.len())
     }
 
@@ -156,7 +191,7 @@ impl Server {
         [
             self.acceptor.paused_until(),
             self.connections.next_idle_deadline(),
-            self.shutdown.deadline(),
+            self.shutdown.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -241,6 +276,17 @@ impl Server {
 
     /// Stops accepting and starts draining every connection.
     fn begin_shutdown(&mut self, now: Instant) {
+        if self.acceptor.owns_queue() {
+            // The kernel resets whatever is still queued when the listener closes, though
+            // it acknowledged those handshakes: take them in, and they drain like the rest.
+            // A queue that a service manager holds is left for the next instance.
+            loop {
+                self.accept(now);
+                if !self.acceptor.has_work() {
+                    break;
+                }
+            }
+        }
         self.acceptor.close(self.poll.registry());
         self.shutdown.begin(now, self.connections.len());
         for key in self.connections.keys() {

@@ -1,5 +1,6 @@
-//! How the server ends: signal intake, the [`ShutdownHandle`], the drain deadline and the
-//! rule that a second signal stops it at once.
+//! How the server lives and ends under a supervisor: signal intake, the [`ShutdownHandle`],
+//! the drain deadline, the rule that a second signal stops it at once, and what the service
+//! manager is told along the way (readiness, status, stopping, the watchdog).
 //!
 //! The Elixir original stops with its application; here a graceful stop has three parts that
 //! the reactor asks about once per turn: has a stop been asked for (a signal or the handle),
@@ -7,12 +8,17 @@
 //! signal. What a drain does to each connection stays with the reactor and the connections.
 
 use std::io;
+use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Registry, Token, Waker};
+use sd_notify::NotifyState;
 use signal_hook_mio::v1_0::Signals;
+
+/// During a drain the status line is refreshed at most this often.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How [`crate::Server::run`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +56,8 @@ pub(crate) struct Shutdown {
     /// Set once the drain has begun: when it gives up.
     deadline: Option<Instant>,
     forced_by: Option<i32>,
+    /// Present when a service manager listens for notifications.
+    manager: Option<ServiceManager>,
 }
 
 impl Shutdown {
@@ -69,6 +77,7 @@ impl Shutdown {
             timeout,
             deadline: None,
             forced_by: None,
+            manager: None,
         })
     }
 
@@ -103,6 +112,39 @@ impl Shutdown {
         }
     }
 
+    pub fn notify_service_manager(&mut self, manager: ServiceManager) {
+        self.manager = Some(manager);
+    }
+
+    /// Tells the service manager the server is accepting connections.
+    pub fn announce_ready(&mut self, now: Instant, port: u16) {
+        if let Some(manager) = self.manager.as_mut() {
+            let status = format!("Accepting connections on port {port}");
+            manager.send(&[NotifyState::Ready, NotifyState::Status(&status)]);
+            manager.schedule_watchdog(now);
+        }
+    }
+
+    /// The step of every turn that no event announces: the watchdog, and during the drain
+    /// the count of connections left.
+    pub fn before_sleep(&mut self, now: Instant, open: usize) {
+        let Some(manager) = self.manager.as_mut() else {
+            return;
+        };
+        if manager.next_watchdog.is_some_and(|due| now >= due) {
+            manager.send(&[NotifyState::Watchdog]);
+            manager.schedule_watchdog(now);
+        }
+        if self.deadline.is_some()
+            && manager.last_open != Some(open)
+            && manager
+                .last_status
+                .is_none_or(|at| now >= at + STATUS_INTERVAL)
+        {
+            manager.draining(now, open);
+        }
+    }
+
     /// A stop was asked for and the drain has not begun yet.
     pub fn should_begin(&self) -> bool {
         self.deadline.is_none() && self.requested.load(Ordering::SeqCst)
@@ -112,15 +154,21 @@ impl Shutdown {
     pub fn begin(&mut self, now: Instant, open: usize) {
         self.deadline = Some(now + self.timeout);
         log::info!("Shutting down: no longer accepting; draining {open} connections");
+        if let Some(manager) = self.manager.as_mut() {
+            manager.send(&[NotifyState::Stopping]);
+            manager.draining(now, open);
+        }
     }
 
     pub fn is_draining(&self) -> bool {
         self.deadline.is_some()
     }
 
-    /// When the drain gives up, once it has begun.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+    /// The nearest moment this part needs the loop awake: the drain's end, the next
+    /// watchdog notification.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let watchdog = self.manager.as_ref().and_then(|m| m.next_watchdog);
+        self.deadline.into_iter().chain(watchdog).min()
     }
 
     /// A second signal arrived: the loop must end before doing anything else.
@@ -148,6 +196,83 @@ impl Shutdown {
             return Some(Stopped::TimedOut { abandoned: open });
         }
         None
+    }
+}
+
+/// The service manager's notification socket (`NOTIFY_SOCKET`, systemd's `sd_notify`
+/// protocol) and its watchdog interval.
+///
+/// `WATCHDOG=1` is sent by the event loop itself at half the interval, so that a loop stuck
+/// inside one connection misses it and the service manager restarts the process.
+pub struct ServiceManager {
+    socket: UnixDatagram,
+    watchdog: Option<Duration>,
+    next_watchdog: Option<Instant>,
+    last_status: Option<Instant>,
+    last_open: Option<usize>,
+    /// Failed sends are logged once, not on every watchdog tick.
+    send_failed: bool,
+}
+
+impl ServiceManager {
+    /// The service manager named by `NOTIFY_SOCKET` (a path, or `@name` for Linux's abstract
+    /// namespace), with the watchdog of `WATCHDOG_USEC` when `WATCHDOG_PID` is unset or names
+    /// this process. `Ok(None)` without `NOTIFY_SOCKET`: nothing is then sent, and nothing
+    /// costs.
+    pub fn from_environment() -> io::Result<Option<ServiceManager>> {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return Ok(None);
+        };
+        let watchdog = sd_notify::watchdog_enabled().filter(|interval| !interval.is_zero());
+        ServiceManager::connect(std::path::Path::new(&path), watchdog).map(Some)
+    }
+
+    /// Notifications to the datagram socket at `path`, with a watchdog notification due
+    /// every `watchdog` (sent at half that interval).
+    pub fn connect(path: &std::path::Path, watchdog: Option<Duration>) -> io::Result<Self> {
+        let socket = UnixDatagram::unbound()?;
+        match path.as_os_str().as_encoded_bytes() {
+            [b'@', name @ ..] => {
+                use std::os::linux::net::SocketAddrExt;
+                let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+                socket.connect_addr(&addr)?;
+            }
+            _ => socket.connect(path)?,
+        }
+        socket.set_nonblocking(true)?;
+        Ok(ServiceManager {
+            socket,
+            watchdog,
+            next_watchdog: None,
+            last_status: None,
+            last_open: None,
+            send_failed: false,
+        })
+    }
+
+    /// The watchdog interval the service manager asked for.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.watchdog
+    }
+
+    fn schedule_watchdog(&mut self, now: Instant) {
+        self.next_watchdog = self.watchdog.map(|interval| now + interval / 2);
+    }
+
+    fn draining(&mut self, now: Instant, open: usize) {
+        let status = format!("Shutting down: draining {open} connections");
+        self.send(&[NotifyState::Status(&status)]);
+        self.last_status = Some(now);
+        self.last_open = Some(open);
+    }
+
+    fn send(&mut self, states: &[NotifyState<'_>]) {
+        let message: String = states.iter().map(|state| format!("{state}\n")).collect();
+        if let Err(e) = self.socket.send(message.as_bytes()) {
+            if !std::mem::replace(&mut self.send_failed, true) {
+                log::warn!("Cannot notify the service manager: {e}");
+            }
+        }
     }
 }
 

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # End-to-end check with real outside clients: two telnet sessions at once (driven by
-# expect) and netcat, against the release binary started the way the README starts it.
-# Needs telnet, expect and nc (netcat-openbsd); a missing tool is a failure, not a skip.
+# expect) and netcat, against the release binary started the way the README starts it, and
+# both again against the binary started by systemd-socket-activate on the first connection.
+# Needs telnet, expect, nc (netcat-openbsd) and systemd-socket-activate (systemd); a
+# missing tool is a failure, not a skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in telnet expect nc; do
+for tool in telnet expect nc systemd-socket-activate; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
-    echo "real_clients.sh: missing ${missing[*]}; install with: apt-get install -y telnet expect netcat-openbsd" >&2
+    echo "real_clients.sh: missing ${missing[*]}; install with: apt-get install -y telnet expect netcat-openbsd systemd" >&2
     exit 1
 fi
 
@@ -27,16 +29,8 @@ for _ in $(seq 100); do
 done
 grep -q "Accepting connections on port $port" "$log" || { cat "$log" >&2; exit 1; }
 
-passed=0
-failed=0
-check() {
-    local name=$1; shift
-    if "$@"; then
-        echo "ok: $name"; passed=$((passed + 1))
-    else
-        echo "FAILED: $name"; failed=$((failed + 1))
-    fi
-}
+# shellcheck source=tests/checks.sh
+source tests/checks.sh
 
 # Two telnet sessions open at once; the second types while the first sits idle, then the
 # first types too. Each must see its own line echoed (telnet sends CRLF).
@@ -91,9 +85,44 @@ netcat_bulk() {
     fi
 }
 
+# systemd-socket-activate holds the socket and execs the server on the first connection,
+# passing the socket as descriptor 3 (LISTEN_FDS): that first client must be served too.
+socket_activation() {
+    local activated_port=$((port + 1)) activation_log got
+    activation_log="$(mktemp)"
+    systemd-socket-activate -l "127.0.0.1:$activated_port" ./target/release/kv_server \
+        2>"$activation_log" &
+    local activated=$!
+    for _ in $(seq 100); do
+        grep -q "Listening on" "$activation_log" && break
+        sleep 0.1
+    done
+    got="$(printf 'first client, via nc\r\n' | nc -N -w 5 127.0.0.1 "$activated_port" | od -An -c | tr -s ' ')"
+    local ok=0
+    [[ "$got" == "$(printf 'first client, via nc\r\n' | od -An -c | tr -s ' ')" ]] || { echo "nc got: $got"; ok=1; }
+    expect -f - "$activated_port" <<'EXPECT' || ok=1
+set timeout 10
+spawn telnet 127.0.0.1 [lindex $argv 0]
+expect "Escape character is" {} timeout { puts "telnet did not connect"; exit 1 }
+send "then telnet\r"
+expect -re "then telnet\r\n.*then telnet\r\n" {} timeout { puts "telnet got no echo"; exit 1 }
+send "\035"
+expect "telnet>"
+send "quit\r"
+expect eof
+EXPECT
+    grep -q "Accepting connections on port $activated_port" "$activation_log" || {
+        echo "no start-up line naming port $activated_port:"; cat "$activation_log"; ok=1; }
+    # The activator exec'd the server in its own place: same pid.
+    kill -TERM "$activated" 2>/dev/null
+    wait "$activated" || { echo "the socket-activated server did not exit cleanly"; ok=1; }
+    rm -f "$activation_log"
+    return "$ok"
+}
+
 check "two telnet sessions at once, each echoed" two_telnets
 check "nc: lines, CRLF and a half-closed tail" netcat_lines
 check "nc: 20 MB of lines, then half-close, all back" netcat_bulk
+check "systemd-socket-activate: started by nc's connection, then telnet" socket_activation
 
-echo "real_clients: $passed passed, $failed failed"
-((failed == 0))
+summary real_clients

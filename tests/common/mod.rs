@@ -10,6 +10,8 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+pub mod churn;
+
 use kv_server::{Config, LineHandler, Server, ShutdownHandle, Stopped};
 #[allow(unused_imports)] // Each test binary uses its own subset of these helpers.
 pub use kv_testkit::pattern;
@@ -32,11 +34,29 @@ impl TestServer {
 
     /// Starts a server with `config`, listening on a free loopback port.
     pub fn start_with(config: Config, handler: Box<dyn LineHandler>) -> TestServer {
+        TestServer::run(TestServer::bind(config, handler))
+    }
+
+    /// As [`TestServer::start_with`], telling `manager` what the server is doing.
+    pub fn start_notifying(
+        config: Config,
+        handler: Box<dyn LineHandler>,
+        manager: kv_server::ServiceManager,
+    ) -> TestServer {
+        let mut server = TestServer::bind(config, handler);
+        server.notify_service_manager(manager);
+        TestServer::run(server)
+    }
+
+    fn bind(config: Config, handler: Box<dyn LineHandler>) -> Server {
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..config
         };
-        let server = Server::bind_with_handler(config, handler).expect("bind");
+        Server::bind_with_handler(config, handler).expect("bind")
+    }
+
+    fn run(server: Server) -> TestServer {
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0, "the real port is known after bind");
         let handle = server.shutdown_handle();
@@ -116,6 +136,8 @@ pub fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
 pub struct ServerProcess {
     pub child: Child,
     pub port: u16,
+    /// The stderr lines before the start-up line.
+    pub startup_log: Vec<String>,
     /// Every stderr line after the start-up line, as it arrives.
     pub log: mpsc::Receiver<String>,
 }
@@ -156,8 +178,24 @@ impl ServerProcess {
             .spawn()
             .expect("start the binary");
         let stderr = child.stderr.take().unwrap();
-        let (port, log) = wait_for_listening(stderr);
-        ServerProcess { child, port, log }
+        let (port, startup_log, log) = wait_for_listening(stderr);
+        ServerProcess {
+            child,
+            port,
+            startup_log,
+            log,
+        }
+    }
+
+    /// A child started elsewhere whose stderr is not piped: its port is not known.
+    pub fn adopt(child: Child) -> ServerProcess {
+        let (_, log) = mpsc::channel();
+        ServerProcess {
+            child,
+            port: 0,
+            startup_log: Vec::new(),
+            log,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -240,31 +278,77 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Reads stderr until the start-up line, returns the port it names and a channel of the
-/// lines that follow (read on a thread so the pipe never fills and blocks the server).
-fn wait_for_listening(stderr: ChildStderr) -> (u16, mpsc::Receiver<String>) {
+/// Reads stderr until the start-up line, returns the port it names, the lines before it and
+/// a channel of the lines that follow (read on a thread so the pipe never fills and blocks
+/// the server).
+fn wait_for_listening(stderr: ChildStderr) -> (u16, Vec<String>, mpsc::Receiver<String>) {
     let (lines_tx, lines_rx) = mpsc::channel();
     let (port_tx, port_rx) = mpsc::channel();
     thread::spawn(move || {
         let mut port_tx = Some(port_tx);
+        let mut before = Vec::new();
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Some(rest) = line.split("Accepting connections on port ").nth(1) {
                 if let Some(tx) = port_tx.take() {
-                    let _ = tx.send(rest.trim().parse::<u16>().ok());
+                    let port = rest.trim().parse::<u16>().ok();
+                    let _ = tx.send((port, std::mem::take(&mut before)));
                     continue;
                 }
             }
-            if lines_tx.send(line).is_err() {
+            if port_tx.is_some() {
+                before.push(line);
+            } else if lines_tx.send(line).is_err() {
                 break;
             }
         }
     });
-    let port = port_rx
+    let (port, startup_log) = port_rx
         .recv_timeout(TIMEOUT)
-        .expect("the server logs 'Accepting connections on port N'")
-        .expect("the port in the start-up line is a number");
-    (port, lines_rx)
+        .expect("the server logs 'Accepting connections on port N'");
+    let port = port.expect("the port in the start-up line is a number");
+    (port, startup_log, lines_rx)
+}
+
+/// The binary started the way a service manager starts it under socket activation: `fd` as
+/// descriptor 3, `LISTEN_FDS=1` (unless `env` says otherwise) and `LISTEN_PID` set to the
+/// process's own pid (a shell sets it, then execs the binary, which keeps the pid).
+pub fn socket_activated(fd: std::os::fd::RawFd, args: &[&str], env: &[(&str, &str)]) -> Command {
+    socket_activated_as(fd, 1, args, env)
+}
+
+/// As [`socket_activated`], with `fd` passed `copies` times: as descriptors 3, 4, ...
+pub fn socket_activated_as(
+    fd: std::os::fd::RawFd,
+    copies: i32,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", r#"LISTEN_PID=$$ exec "$0" "$@""#])
+        .arg(env!("CARGO_BIN_EXE_kv_server"))
+        .args(args)
+        .env("LISTEN_FDS", "1")
+        .envs(env.iter().copied());
+    // SAFETY: dup2 and fcntl are async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        command.pre_exec(move || {
+            for target in 3..3 + copies {
+                let rc = if fd == target {
+                    libc::fcntl(target, libc::F_SETFD, 0) // keep it across exec
+                } else {
+                    libc::dup2(fd, target) // the copy does not close on exec
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command
 }
 
 pub fn raise_fd_limit() {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Checks the files an operator copies from deploy/ with the tools that will read them:
+# systemd-analyze verify for the units (Debian's systemd package). The units name the
+# installed path /usr/local/bin/kv_server; they are verified as copies pointing at the
+# binary just built, so nothing is installed on the machine running the check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v systemd-analyze >/dev/null || {
+    echo "deploy_checks.sh: missing systemd-analyze; install with: apt-get install -y systemd" >&2
+    exit 1
+}
+cargo build --release --quiet
+binary="$PWD/target/release/kv_server"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# shellcheck source=tests/checks.sh
+source tests/checks.sh
+
+units=()
+for unit in deploy/*.socket deploy/*.service; do
+    sed "s|/usr/local/bin/kv_server|$binary|g" "$unit" >"$work/$(basename "$unit")"
+    units+=("$work/$(basename "$unit")")
+done
+verify_units() {
+    local out
+    out="$(systemd-analyze verify "${units[@]}" 2>&1)" || { echo "$out"; return 1; }
+    # verify exits 0 on some warnings; any line naming our units is a finding.
+    if grep -E 'kv_server' <<<"$out"; then return 1; fi
+}
+check "systemd-analyze verify ${units[*]##*/}" verify_units
+
+summary deploy_checks

@@ -1,0 +1,117 @@
+//! `--reuse-port` handovers: a new instance starts on the port, then the old one gets
+//! SIGTERM, while clients keep opening short connections. Nobody may be refused; resets can
+//! come only from the window the kernel leaves (a handshake completing between the old
+//! instance's last accept and its close), which `net.ipv4.tcp_migrate_req=1` closes.
+//!
+//! Each test runs in a network namespace of its own (its thread unshares one; the servers
+//! and clients it starts inherit it), so that it can set that sysctl without touching the
+//! machine. Where namespaces are not permitted (not root), the tests say so and skip, except
+//! under CI, where that is a failure.
+
+mod common;
+
+use std::time::Duration;
+
+use common::churn::{Churn, Tally};
+use common::ServerProcess;
+
+const HANDOVERS: usize = 10;
+
+/// Moves this thread (and every process and thread it starts from now on) into a new
+/// network namespace with its loopback up and `tcp_migrate_req` set as asked.
+fn private_network(migrate_req: bool) -> Result<(), String> {
+    // SAFETY: unshare only changes this thread's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "cannot make a network namespace: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    loopback_up().map_err(|e| format!("cannot bring the loopback up: {e}"))?;
+    let value = if migrate_req { "1" } else { "0" };
+    std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", value)
+        .map_err(|e| format!("cannot set net.ipv4.tcp_migrate_req (Linux 5.14+): {e}"))
+}
+
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: plain ioctls on a socket this function owns, with a zeroed, named ifreq.
+    unsafe {
+        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if socket < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as libc::c_char;
+        }
+        let mut rc = libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request);
+        if rc == 0 {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            rc = libc::ioctl(socket, libc::SIOCSIFFLAGS, &request);
+        }
+        let result = if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+        libc::close(socket);
+        result
+    }
+}
+
+/// Enters a private network, or explains why this test is skipped (never under CI).
+fn enter_or_skip(migrate_req: bool) -> bool {
+    match private_network(migrate_req) {
+        Ok(()) => true,
+        Err(why) if std::env::var_os("CI").is_none() => {
+            eprintln!("skipped: {why} (run as root, as CI does)");
+            false
+        }
+        Err(why) => panic!("{why}"),
+    }
+}
+
+fn start(port: u16) -> ServerProcess {
+    ServerProcess::start(&["--reuse-port", "--port", &port.to_string()])
+}
+
+/// Hands the port over from instance to instance `HANDOVERS` times under load.
+fn handovers() -> Tally {
+    let mut old = start(0);
+    let addr = old.addr();
+    let churn = Churn::start(addr, 4, 5);
+    for _ in 0..HANDOVERS {
+        churn.wait_for_echoes(50);
+        let new = start(addr.port());
+        assert_eq!(new.port, addr.port());
+        old.signal(libc::SIGTERM);
+        assert!(old.wait_exit(Duration::from_secs(10)).success());
+        old = new;
+    }
+    churn.wait_for_echoes(50);
+    churn.stop()
+}
+
+#[test]
+fn reuse_port_handovers_refuse_nobody_with_migration_off() {
+    if !enter_or_skip(false) {
+        return;
+    }
+    let tally = handovers();
+    println!("{HANDOVERS} --reuse-port handovers, tcp_migrate_req=0: {tally:?}");
+    assert_eq!(tally.refused, 0, "{tally:?}");
+    // The kernel's window may reset a connection; nothing else may lose a line.
+    assert_eq!(tally.lost, tally.resets, "{tally:?}");
+}
+
+#[test]
+fn reuse_port_handovers_reset_nobody_with_migration_on() {
+    if !enter_or_skip(true) {
+        return;
+    }
+    let tally = handovers();
+    println!("{HANDOVERS} --reuse-port handovers, tcp_migrate_req=1: {tally:?}");
+    assert_eq!(tally.refused, 0, "{tally:?}");
+    assert_eq!(tally.resets, 0, "{tally:?}");
+    assert_eq!(tally.lost, 0, "{tally:?}");
+}
