@@ -17,6 +17,7 @@ use mio::{Interest, Registry, Token};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::Config;
+use crate::metrics::AcceptCounts;
 
 /// Accepts per turn before the reactor serves its connections again, so that a flood of
 /// connection attempts cannot starve the clients already connected.
@@ -57,13 +58,16 @@ pub(crate) struct Acceptor {
     budget_left: usize,
     resource_warning: RateLimit,
     limit_warning: RateLimit,
+    counts: AcceptCounts,
 }
 
 impl Acceptor {
     /// Binds the configured address (with `SO_REUSEADDR`, so a restart binds at once, and
     /// `SO_REUSEPORT` when configured) and registers the listener under `token`.
     pub fn bind(config: &Config, registry: &Registry, token: Token) -> io::Result<Acceptor> {
-        let listener = bind_listener(config.listen, config.reuse_port)?;
+        let addr = config.listen;
+        let listener = bind_listener(addr, config.reuse_port)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         Acceptor::new(listener, Origin::Bound, config, registry, token)
     }
 
@@ -75,7 +79,12 @@ impl Acceptor {
         registry: &Registry,
         token: Token,
     ) -> io::Result<Acceptor> {
-        listener.set_nonblocking(true)?;
+        listener.set_nonblocking(true).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot serve the listening socket handed over: {e}"),
+            )
+        })?;
         Acceptor::new(listener, Origin::Inherited, config, registry, token)
     }
 
@@ -99,6 +108,7 @@ impl Acceptor {
             budget_left: ACCEPTS_PER_TURN,
             resource_warning: RateLimit::default(),
             limit_warning: RateLimit::default(),
+            counts: AcceptCounts::default(),
         })
     }
 
@@ -115,6 +125,10 @@ impl Acceptor {
 
     pub fn max_connections(&self) -> usize {
         self.max_connections
+    }
+
+    pub fn counts(&self) -> AcceptCounts {
+        self.counts
     }
 
     /// There is accepting left to do without waiting for an event.
@@ -164,12 +178,15 @@ impl Acceptor {
                         );
                     }
                     self.paused_until = Some(now + ACCEPT_PAUSE);
+                    self.counts.pauses += 1;
                     self.budget_left = ACCEPTS_PER_TURN;
                     self.more_waiting = false;
                     return None;
                 }
             };
+            self.counts.accepted += 1;
             if open >= self.max_connections {
+                self.counts.over_limit += 1;
                 if let Some(suppressed) = self.limit_warning.allow(now) {
                     log::warn!(
                         "Connection limit of {} reached; closing the connection from {peer}{}",

@@ -19,6 +19,8 @@ pub const DEFAULT_OUTPUT_HIGH_WATER: usize = 256 * 1024;
 pub const DEFAULT_OUTPUT_LOW_WATER: usize = 64 * 1024;
 /// Size of the one read buffer the whole reactor shares.
 pub const DEFAULT_READ_BUFFER_BYTES: usize = 64 * 1024;
+/// How long a metrics scraper may take to send a request or to take its answer.
+pub const DEFAULT_METRICS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a [`crate::Server`] needs to know before it binds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,6 +46,10 @@ pub struct Config {
     pub output_low_water: usize,
     /// Size of the shared read buffer.
     pub read_buffer_bytes: usize,
+    /// Where to serve `GET /metrics` (Prometheus); `None` serves no metrics.
+    pub metrics: Option<SocketAddr>,
+    /// How long a metrics scraper may take to send a request or to take its answer.
+    pub metrics_timeout: Duration,
 }
 
 impl Default for Config {
@@ -58,6 +64,8 @@ impl Default for Config {
             output_high_water: DEFAULT_OUTPUT_HIGH_WATER,
             output_low_water: DEFAULT_OUTPUT_LOW_WATER,
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
+            metrics: None,
+            metrics_timeout: DEFAULT_METRICS_TIMEOUT,
         }
     }
 }

@@ -19,6 +19,7 @@ use mio::net::TcpStream;
 use crate::handler::LineHandler;
 use crate::idle::{IdleLinks, Linked};
 use crate::line;
+use crate::metrics::Traffic;
 
 /// Reads one connection may make per readiness event before the reactor serves the others:
 /// a client that floods a fast loopback link must not starve everyone else.
@@ -61,6 +62,7 @@ pub(crate) struct Turn<'a> {
     pub max_line_bytes: usize,
     pub output_high_water: usize,
     pub output_low_water: usize,
+    pub traffic: &'a mut Traffic,
 }
 
 pub(crate) struct Connection {
@@ -85,6 +87,9 @@ pub(crate) struct Connection {
     write_shut: bool,
     /// Over-long lines are logged once per connection, not once per piece.
     long_line_logged: bool,
+    /// The last piece answered was a cut piece of a long line: the next piece of that line
+    /// does not count as another long line.
+    in_long_line: bool,
     /// Already waiting in the reactor's list of connections to read again.
     pub read_queued: bool,
     idle: IdleLinks,
@@ -112,6 +117,7 @@ impl Connection {
             draining: false,
             write_shut: false,
             long_line_logged: false,
+            in_long_line: false,
             read_queued: false,
             idle: IdleLinks::new(now),
         }
@@ -128,6 +134,21 @@ impl Connection {
     /// Bytes answered but not yet taken by the socket.
     pub fn pending_output(&self) -> usize {
         self.output.pending()
+    }
+
+    /// Reading is paused until unsent output drains.
+    pub fn is_read_paused(&self) -> bool {
+        self.read_paused
+    }
+
+    /// Bytes held for this client: its unfinished line and its unsent output.
+    pub fn buffered_bytes(&self) -> usize {
+        self.partial.len() + self.output.pending()
+    }
+
+    /// The server's drain half-closed this connection before the client closed it.
+    pub fn was_drained(&self) -> bool {
+        self.write_shut
     }
 
     /// Nothing more will come in and everything has gone out: the connection can be dropped.
@@ -169,6 +190,7 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Fault::Io(e)),
             };
+            turn.traffic.bytes_received += received as u64;
             if !self.write_shut {
                 self.answer(received, turn)?;
             }
@@ -190,8 +212,8 @@ impl Connection {
 
     /// Sends what the socket would not take before. Returns true when reading was paused
     /// and may resume because the output fell to the low-water mark.
-    pub fn flush(&mut self, turn: &Turn<'_>) -> io::Result<bool> {
-        self.output.flush(&mut self.socket)?;
+    pub fn flush(&mut self, turn: &mut Turn<'_>) -> io::Result<bool> {
+        turn.traffic.bytes_sent += self.output.flush(&mut self.socket)? as u64;
         if self.read_paused && self.pending_output() <= turn.output_low_water {
             self.read_paused = false;
             return Ok(true);
@@ -230,21 +252,27 @@ impl Connection {
     /// Frames `received` bytes of the shared read buffer and sends each answer.
     fn answer(&mut self, received: usize, turn: &mut Turn<'_>) -> Result<(), Fault> {
         let max_line_bytes = turn.max_line_bytes;
-        let mut cut_long_line = false;
-        let (socket, output) = (&mut self.socket, &mut self.output);
+        let long_lines_before = turn.traffic.long_lines;
+        let (socket, output, in_long_line) =
+            (&mut self.socket, &mut self.output, &mut self.in_long_line);
         let result = line::frame(
             &mut self.partial,
             &turn.read_buffer[..received],
             max_line_bytes,
             &mut |piece| {
                 // Runs of complete lines end in a newline; only a cut piece of a long line
-                // does not.
-                cut_long_line |= !piece.ends_with(b"\n");
+                // does not, and the first such piece of a line marks a new long line.
+                let cut = !piece.ends_with(b"\n");
+                if cut && !*in_long_line {
+                    turn.traffic.long_lines += 1;
+                }
+                *in_long_line = cut;
                 let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
-                Ok(output.send(socket, answer)?)
+                turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
+                Ok(())
             },
         );
-        if cut_long_line && !self.long_line_logged {
+        if turn.traffic.long_lines > long_lines_before && !self.long_line_logged {
             self.long_line_logged = true;
             log::debug!(
                 "{}: line longer than {max_line_bytes} bytes, echoing it in pieces",
@@ -259,7 +287,8 @@ impl Connection {
         let (socket, output) = (&mut self.socket, &mut self.output);
         line::finish(&mut self.partial, &mut |piece| {
             let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
-            Ok(output.send(socket, answer)?)
+            turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
+            Ok(())
         })
     }
 }
@@ -297,13 +326,13 @@ impl OutputBuffer {
     }
 
     /// Writes `answer` to the socket unless earlier output is still queued, and queues
-    /// whatever the socket would not take.
-    fn send(&mut self, socket: &mut TcpStream, answer: &[u8]) -> io::Result<()> {
+    /// whatever the socket would not take. Returns the bytes written now.
+    fn send(&mut self, socket: &mut TcpStream, answer: &[u8]) -> io::Result<usize> {
         if self.pending() > 0 {
             // Earlier output is still queued; this must wait behind it to keep the order.
             self.compact();
             self.bytes.extend_from_slice(answer);
-            return Ok(());
+            return Ok(0);
         }
         let sent = write_until_blocked(socket, answer)?;
         if sent < answer.len() {
@@ -311,16 +340,18 @@ impl OutputBuffer {
             self.sent = 0;
             self.bytes.extend_from_slice(&answer[sent..]);
         }
-        Ok(())
+        Ok(sent)
     }
 
     /// Sends what is queued, as far as the socket takes it; releases the buffer once empty.
-    fn flush(&mut self, socket: &mut TcpStream) -> io::Result<()> {
-        self.sent += write_until_blocked(socket, &self.bytes[self.sent..])?;
+    /// Returns the bytes written.
+    fn flush(&mut self, socket: &mut TcpStream) -> io::Result<usize> {
+        let written = write_until_blocked(socket, &self.bytes[self.sent..])?;
+        self.sent += written;
         if self.pending() == 0 && self.bytes.capacity() > 0 {
             *self = OutputBuffer::default();
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Moves unsent output to the front once the sent prefix is at least as long, so the

@@ -24,6 +24,7 @@ mod connection;
 mod handler;
 mod idle;
 pub mod line;
+mod metrics;
 mod server;
 mod shutdown;
 mod table;

@@ -57,6 +57,11 @@ struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
     idle_timeout: f64,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or a port alone for all
+    /// addresses), from the same event loop
+    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    metrics: Option<SocketAddr>,
+
     /// On SIGINT/SIGTERM, how many seconds to wait for connections to drain
     #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64(),
           value_parser = parse_seconds)]
@@ -67,6 +72,16 @@ fn parse_positive(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) | Err(_) => Err("expected a whole number of at least 1".to_owned()),
         Ok(n) => Ok(n),
+    }
+}
+
+fn parse_metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match text.parse::<u16>() {
+        Ok(port) => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)),
+        Err(_) => Err("expected HOST:PORT (127.0.0.1:9100, [::1]:9100) or a port".to_owned()),
     }
 }
 
@@ -119,6 +134,7 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
     let config = Config {
         listen: SocketAddr::new(cli.bind, port),
         reuse_port: cli.reuse_port,
+        metrics: cli.metrics,
         max_line_bytes: cli.max_line_bytes,
         max_connections: cli.max_connections,
         idle_timeout: (cli.idle_timeout > 0.0).then(|| Duration::from_secs_f64(cli.idle_timeout)),
@@ -133,11 +149,13 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
                  --port, PORT, --bind and --reuse-port do not apply to it"
             );
             Server::from_listener(listener, config.clone(), Box::new(Echo))
-                .map_err(|e| format!("cannot serve the socket from LISTEN_FDS: {e}"))?
+                .map_err(|e| e.to_string())?
         }
-        None => Server::bind(config.clone())
-            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?,
+        None => Server::bind(config.clone()).map_err(|e| e.to_string())?,
     };
+    if let Some(addr) = server.metrics_addr() {
+        log::info!("Serving metrics at http://{addr}/metrics");
+    }
     server
         .handle_signals()
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;

@@ -20,12 +20,15 @@ use crate::accept::Acceptor;
 use crate::config::Config;
 use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
 use crate::handler::{Echo, LineHandler};
+use crate::metrics::endpoint::MetricsEndpoint;
+use crate::metrics::{CloseReason, Snapshot, Traffic};
 use crate::shutdown::{ServiceManager, Shutdown, ShutdownHandle, Stopped};
-use crate::table::ConnectionTable;
+use crate::table::{ConnectionTable, Ending};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
+const METRICS: Token = Token(usize::MAX - 4);
 
 /// A line server bound to its address, ready to [`run`](Server::run).
 pub struct Server {
@@ -39,6 +42,11 @@ pub struct Server {
     read_buffer: Box<[u8]>,
     /// Where handlers write answers that are not their input; kept to avoid reallocating.
     scratch: Vec<u8>,
+    /// Bytes and long lines, counted by the connections as they go.
+    traffic: Traffic,
+    /// The scrape endpoint, with `--metrics`.
+    metrics: Option<MetricsEndpoint>,
+    started: std::time::SystemTime,
 }
 
 impl Server {
@@ -82,6 +90,18 @@ impl Server {
         handler: Box<dyn LineHandler>,
     ) -> io::Result<Server> {
         let shutdown = Shutdown::new(poll.registry(), WAKER, SIGNALS, config.shutdown_timeout)?;
+        let metrics = match config.metrics {
+            Some(addr) => Some(
+                MetricsEndpoint::bind(addr, config.metrics_timeout, poll.registry(), METRICS)
+                    .map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("cannot listen for metrics on {addr}: {e}"),
+                        )
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Server {
             poll,
             acceptor,
@@ -90,6 +110,9 @@ impl Server {
             handler,
             read_buffer: vec![0; config.read_buffer_bytes].into_boxed_slice(),
             scratch: Vec::new(),
+            traffic: Traffic::default(),
+            metrics,
+            started: std::time::SystemTime::now(),
             config,
         })
     }
@@ -97,6 +120,11 @@ impl Server {
     /// The address actually bound, with the real port when port 0 was asked for.
     pub fn local_addr(&self) -> SocketAddr {
         self.acceptor.local_addr()
+    }
+
+    /// The address of the scrape endpoint, with its real port, when `--metrics` is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsEndpoint::local_addr)
     }
 
     /// The connection limit in force.
@@ -139,10 +167,15 @@ impl Server {
             for event in events.iter() {
                 self.dispatch(event, now);
             }
-            if let Some(stopped) = self.shutdown.forced() {
-                return Ok(stopped);
-            }
-            if let Some(stopped) = self.before_sleep(now) {
+            let stopped = match self.shutdown.forced() {
+                Some(stopped) => Some(stopped),
+                None => self.before_sleep(now),
+            };
+            if let Some(stopped) = stopped {
+                if !matches!(stopped, Stopped::Drained) {
+                    self.connections.abandon_all();
+                }
+                log::info!("{}", self.snapshot().summary());
                 return Ok(stopped);
             }
         }
@@ -153,6 +186,12 @@ impl Server {
             LISTENER => self.accept(now),
             WAKER => {}
             SIGNALS => self.shutdown.take_signals(),
+            METRICS => {
+                if let Some(metrics) = self.metrics.as_mut() {
+                    metrics.accept(self.poll.registry(), now);
+                }
+            }
+            token if MetricsEndpoint::owns(token) => self.serve_scraper(token, now),
             Token(key) => {
                 // Errors and hang-ups surface through the read that follows.
                 let readiness = Readiness {
@@ -175,6 +214,9 @@ impl Server {
             self.accept(now);
         }
         self.connections.expire_idle(self.poll.registry(), now);
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.expire(self.poll.registry(), now);
+        }
         if self.shutdown.should_begin() {
             self.begin_shutdown(now);
         }
@@ -191,6 +233,9 @@ impl Server {
         [
             self.acceptor.paused_until(),
             self.connections.next_idle_deadline(),
+            self.metrics
+                .as_ref()
+                .and_then(MetricsEndpoint::next_deadline),
             self.shutdown.next_deadline(),
         ]
         .into_iter()
@@ -233,6 +278,7 @@ impl Server {
             max_line_bytes: self.config.max_line_bytes,
             output_high_water: self.config.output_high_water,
             output_low_water: self.config.output_low_water,
+            traffic: &mut self.traffic,
         };
         let result = catch_unwind(AssertUnwindSafe(|| {
             serve_connection(connection, &mut turn, readiness)
@@ -245,11 +291,15 @@ impl Server {
             }),
         };
         let finished = connection.is_finished();
+        let ended = if connection.was_drained() {
+            CloseReason::Drained
+        } else {
+            CloseReason::ClientClosed
+        };
+        let registry = self.poll.registry();
         match outcome {
-            Err(fault) => self
-                .connections
-                .close(self.poll.registry(), key, Some(fault)),
-            Ok(_) if finished => self.connections.close(self.poll.registry(), key, None),
+            Err(fault) => self.connections.close(registry, key, Ending::Fault(fault)),
+            Ok(_) if finished => self.connections.close(registry, key, Ending::Quiet(ended)),
             Ok(outcome) => {
                 if outcome == ReadOutcome::BudgetSpent {
                     self.connections.queue_read(key);
@@ -257,6 +307,26 @@ impl Server {
                 self.connections.touch(key, now);
             }
         }
+    }
+
+    /// Answers a metrics scraper from a snapshot taken when its request is complete.
+    fn serve_scraper(&mut self, token: Token, now: Instant) {
+        let Some(metrics) = self.metrics.as_mut() else {
+            return;
+        };
+        let (acceptor, connections, traffic) = (&self.acceptor, &self.connections, self.traffic);
+        let started = self.started;
+        let mut snapshot = || take_snapshot(acceptor, connections, traffic, started);
+        metrics.serve(self.poll.registry(), token, now, &mut snapshot);
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        take_snapshot(
+            &self.acceptor,
+            &self.connections,
+            self.traffic,
+            self.started,
+        )
     }
 
     /// Reads the connections whose budget ran out mid-stream: no edge will say what is
@@ -334,4 +404,22 @@ fn serve_connection(
     };
     connection.half_close_when_done(turn)?;
     Ok(outcome)
+}
+
+fn take_snapshot(
+    acceptor: &Acceptor,
+    connections: &ConnectionTable,
+    traffic: Traffic,
+    start_time: std::time::SystemTime,
+) -> Snapshot {
+    let (reads_paused, buffered_bytes) = connections.buffer_gauges();
+    Snapshot {
+        accepts: acceptor.counts(),
+        open: connections.len(),
+        closed: connections.closed(),
+        traffic,
+        reads_paused,
+        buffered_bytes,
+        start_time,
+    }
 }

@@ -17,6 +17,7 @@ use slab::Slab;
 
 use crate::connection::{Connection, Fault};
 use crate::idle::IdleList;
+use crate::metrics::{CloseReason, ClosedCounts};
 
 /// Slab slots kept once every connection has closed; a larger slab is released.
 const SLAB_CAPACITY_KEPT: usize = 1024;
@@ -27,6 +28,7 @@ pub(crate) struct ConnectionTable {
     idle: Option<IdleList>,
     /// Connections whose read budget ran out while data may still be waiting.
     read_again: Vec<usize>,
+    closed: ClosedCounts,
 }
 
 impl ConnectionTable {
@@ -35,7 +37,29 @@ impl ConnectionTable {
             slab: Slab::new(),
             idle: idle_timeout.map(IdleList::new),
             read_again: Vec::new(),
+            closed: ClosedCounts::default(),
         }
+    }
+
+    pub fn closed(&self) -> ClosedCounts {
+        self.closed
+    }
+
+    /// Connections whose reading is paused by backpressure, and the bytes all connections
+    /// hold in their buffers: walked at scrape time, so requests pay nothing for them.
+    pub fn buffer_gauges(&self) -> (usize, usize) {
+        self.slab.iter().fold((0, 0), |(paused, bytes), (_, c)| {
+            (
+                paused + usize::from(c.is_read_paused()),
+                bytes + c.buffered_bytes(),
+            )
+        })
+    }
+
+    /// Counts the connections still open when the shutdown timeout gave up on them.
+    pub fn abandon_all(&mut self) {
+        self.closed
+            .add(CloseReason::ShutdownTimeout, self.slab.len() as u64);
     }
 
     pub fn len(&self) -> usize {
@@ -65,6 +89,7 @@ impl ConnectionTable {
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = registry.register(&mut socket, Token(key), interest) {
             log::warn!("{peer}: cannot register the connection: {e}");
+            self.closed.add(CloseReason::Error, 1);
             return None;
         }
         entry.insert(Connection::new(socket, peer, now));
@@ -133,18 +158,22 @@ impl ConnectionTable {
                 "{}: no traffic for {timeout:?}; closing",
                 self.slab[key].peer()
             );
-            self.close(registry, key, None);
+            self.close(registry, key, Ending::Quiet(CloseReason::IdleTimeout));
         }
     }
 
-    /// Drops a connection: deregistered, closed, and forgotten by the idle list.
-    pub fn close(&mut self, registry: &Registry, key: usize, fault: Option<Fault>) {
+    /// Drops a connection: deregistered, closed, forgotten by the idle list, and counted.
+    pub fn close(&mut self, registry: &Registry, key: usize, ending: Ending) {
         if let Some(idle) = self.idle.as_mut() {
             idle.remove(&mut self.slab, key);
         }
         let mut connection = self.slab.remove(key);
+        self.closed.add(ending.reason(), 1);
         // Logged while the socket is still open: whoever sees the close can find the line.
-        log_close(connection.peer(), fault);
+        match ending {
+            Ending::Quiet(_) => log::debug!("{}: connection closed", connection.peer()),
+            Ending::Fault(fault) => log_fault(connection.peer(), fault),
+        }
         let _ = registry.deregister(connection.socket_mut());
         drop(connection);
         if self.slab.is_empty() && self.slab.capacity() > SLAB_CAPACITY_KEPT {
@@ -155,17 +184,35 @@ impl ConnectionTable {
     }
 }
 
-fn log_close(peer: SocketAddr, fault: Option<Fault>) {
+/// How a connection ends: as expected, or through a fault.
+pub(crate) enum Ending {
+    Quiet(CloseReason),
+    Fault(Fault),
+}
+
+impl Ending {
+    fn reason(&self) -> CloseReason {
+        match self {
+            Ending::Quiet(reason) => *reason,
+            Ending::Fault(Fault::Io(_)) => CloseReason::Error,
+            Ending::Fault(Fault::Panicked {
+                in_handler: true, ..
+            }) => CloseReason::HandlerPanic,
+            Ending::Fault(Fault::Panicked { .. }) => CloseReason::ServerPanic,
+        }
+    }
+}
+
+fn log_fault(peer: SocketAddr, fault: Fault) {
     match fault {
-        None => log::debug!("{peer}: connection closed"),
-        Some(Fault::Io(e)) if is_ordinary_disconnect(&e) => {
+        Fault::Io(e) if is_ordinary_disconnect(&e) => {
             log::debug!("{peer}: connection closed by the client: {e}")
         }
-        Some(Fault::Io(e)) => log::warn!("{peer}: connection failed: {e}"),
-        Some(Fault::Panicked {
+        Fault::Io(e) => log::warn!("{peer}: connection failed: {e}"),
+        Fault::Panicked {
             in_handler,
             message,
-        }) => {
+        } => {
             let place = if in_handler {
                 "the line handler"
             } else {

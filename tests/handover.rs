@@ -100,8 +100,9 @@ fn reuse_port_handovers_refuse_nobody_with_migration_off() {
     let tally = handovers();
     println!("{HANDOVERS} --reuse-port handovers, tcp_migrate_req=0: {tally:?}");
     assert_eq!(tally.refused, 0, "{tally:?}");
-    // The kernel's window may reset a connection; nothing else may lose a line.
-    assert_eq!(tally.lost, tally.resets, "{tally:?}");
+    // The kernel's window may reset a connection (at connect time, or after a line was
+    // sent); nothing else may lose a line.
+    assert!(tally.lost <= tally.resets, "{tally:?}");
 }
 
 #[test]

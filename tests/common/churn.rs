@@ -20,7 +20,7 @@ pub struct Tally {
     pub connections: u64,
     /// Connection attempts refused (nothing listening).
     pub refused: u64,
-    /// Connections reset by the server, at any point.
+    /// Connections reset by the server, at any point (during the handshake included).
     pub resets: u64,
     pub echoed: u64,
     /// Lines sent after the server had ended the connection cleanly; the client reconnects
@@ -105,6 +105,11 @@ fn run_client(
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                 tally.refused += 1;
                 thread::sleep(Duration::from_millis(1)); // no hot loop while nothing listens
+                continue;
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                // The handshake completed on a listener that closed before accepting it.
+                tally.resets += 1;
                 continue;
             }
             Err(e) => panic!("connect: {e}"),

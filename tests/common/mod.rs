@@ -23,6 +23,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 /// A server running on its own thread; shut down and joined on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The scrape endpoint, when the config asked for one.
+    pub metrics: Option<SocketAddr>,
     handle: ShutdownHandle,
     thread: Option<JoinHandle<std::io::Result<Stopped>>>,
 }
@@ -53,16 +55,23 @@ impl TestServer {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..config
         };
+        // A metrics endpoint asked for at all listens on a free loopback port too.
+        let config = Config {
+            metrics: config.metrics.map(|_| "127.0.0.1:0".parse().unwrap()),
+            ..config
+        };
         Server::bind_with_handler(config, handler).expect("bind")
     }
 
     fn run(server: Server) -> TestServer {
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0, "the real port is known after bind");
+        let metrics = server.metrics_addr();
         let handle = server.shutdown_handle();
         let thread = thread::spawn(move || server.run());
         TestServer {
             addr,
+            metrics,
             handle,
             thread: Some(thread),
         }

@@ -1,0 +1,242 @@
+//! The metrics as text: the Prometheus text format (version 0.0.4, what `promtool check
+//! metrics` reads and what a scraper gets by default) and OpenMetrics 1.0 (when the
+//! scraper's `Accept` asks for it), written from one description so the two cannot
+//! disagree.
+//!
+//! The formats differ in three ways that matter here: OpenMetrics names a counter's family
+//! without its `_total` suffix, calls a build-info metric an `info`, and ends with `# EOF`.
+
+use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::process::ProcessStats;
+use super::{CloseReason, Snapshot};
+
+/// Which text format a scraper gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Prometheus,
+    OpenMetrics,
+}
+
+impl Format {
+    /// OpenMetrics when `accept` (an `Accept` header) names it, the classic format otherwise.
+    pub fn negotiate(accept: Option<&[u8]>) -> Format {
+        let names_openmetrics = accept.is_some_and(|value| {
+            value
+                .windows(b"application/openmetrics-text".len())
+                .any(|window| window.eq_ignore_ascii_case(b"application/openmetrics-text"))
+        });
+        if names_openmetrics {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Writes metric families in one format.
+struct Encoder {
+    out: String,
+    format: Format,
+}
+
+impl Encoder {
+    /// A counter family `name` (given without `_total`), one sample per label set.
+    fn counter(&mut self, name: &str, help: &str, samples: &[(Option<(&str, &str)>, f64)]) {
+        let family = match self.format {
+            Format::Prometheus => format!("{name}_total"),
+            Format::OpenMetrics => name.to_owned(),
+        };
+        self.header(&family, help, "counter");
+        for (label, value) in samples {
+            self.sample(&format!("{name}_total"), *label, *value);
+        }
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        self.header(name, help, "gauge");
+        self.sample(name, None, value);
+    }
+
+    /// An info metric `name` (given without `_info`): labels that describe the process.
+    fn info(&mut self, name: &str, help: &str, label: (&str, &str)) {
+        let (family, kind) = match self.format {
+            Format::Prometheus => (format!("{name}_info"), "gauge"),
+            Format::OpenMetrics => (name.to_owned(), "info"),
+        };
+        self.header(&family, help, kind);
+        self.sample(&format!("{name}_info"), Some(label), 1.0);
+    }
+
+    fn header(&mut self, family: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.out, "# HELP {family} {help}");
+        let _ = writeln!(self.out, "# TYPE {family} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, label: Option<(&str, &str)>, value: f64) {
+        self.out.push_str(name);
+        if let Some((key, text)) = label {
+            let escaped = text
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = write!(self.out, "{{{key}=\"{escaped}\"}}");
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    fn finish(mut self) -> String {
+        if self.format == Format::OpenMetrics {
+            self.out.push_str("# EOF\n");
+        }
+        self.out
+    }
+}
+
+fn seconds_since_epoch(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// The whole exposition: the server's metrics, then the process's.
+pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format) -> String {
+    let mut e = Encoder {
+        out: String::with_capacity(4096),
+        format,
+    };
+    let closed = snapshot.all_closed();
+    let closed_samples: Vec<(Option<(&str, &str)>, f64)> = CloseReason::ALL
+        .iter()
+        .map(|&reason| (Some(("reason", reason.label())), closed.get(reason) as f64))
+        .collect();
+    let traffic = &snapshot.traffic;
+    e.counter(
+        "kv_server_connections_accepted",
+        "Connections accepted, including those closed at once for the connection limit.",
+        &[(None, snapshot.accepts.accepted as f64)],
+    );
+    e.gauge(
+        "kv_server_connections_open",
+        "Connections being served.",
+        snapshot.open as f64,
+    );
+    e.counter(
+        "kv_server_connections_closed",
+        "Connections closed, by reason.",
+        &closed_samples,
+    );
+    e.counter(
+        "kv_server_bytes_received",
+        "Bytes read from clients.",
+        &[(None, traffic.bytes_received as f64)],
+    );
+    e.counter(
+        "kv_server_bytes_sent",
+        "Bytes written to clients.",
+        &[(None, traffic.bytes_sent as f64)],
+    );
+    e.counter(
+        "kv_server_long_lines",
+        "Lines longer than --max-line-bytes, echoed in pieces.",
+        &[(None, traffic.long_lines as f64)],
+    );
+    e.gauge(
+        "kv_server_reads_paused",
+        "Connections not being read until their unsent echoes drain (backpressure).",
+        snapshot.reads_paused as f64,
+    );
+    e.gauge(
+        "kv_server_buffered_bytes",
+        "Bytes held in connection buffers: unfinished lines plus unsent output.",
+        snapshot.buffered_bytes as f64,
+    );
+    e.counter(
+        "kv_server_accept_pauses",
+        "Times accepting paused because descriptors or memory ran out.",
+        &[(None, snapshot.accepts.pauses as f64)],
+    );
+    e.info(
+        "kv_server_build",
+        "The running build.",
+        ("version", env!("CARGO_PKG_VERSION")),
+    );
+    e.gauge(
+        "kv_server_start_time_seconds",
+        "When the server started, in seconds since the Unix epoch.",
+        seconds_since_epoch(snapshot.start_time),
+    );
+    process.encode(&mut |name, help, kind, value| match kind {
+        "counter" => e.counter(name, help, &[(None, value)]),
+        _ => e.gauge(name, help, value),
+    });
+    e.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{AcceptCounts, ClosedCounts, Traffic};
+
+    fn snapshot() -> Snapshot {
+        let mut closed = ClosedCounts::default();
+        closed.add(CloseReason::ClientClosed, 3);
+        Snapshot {
+            accepts: AcceptCounts {
+                accepted: 5,
+                over_limit: 1,
+                pauses: 0,
+            },
+            open: 1,
+            closed,
+            traffic: Traffic {
+                bytes_received: 10,
+                bytes_sent: 10,
+                long_lines: 0,
+            },
+            reads_paused: 0,
+            buffered_bytes: 0,
+            start_time: UNIX_EPOCH + std::time::Duration::from_millis(1_500),
+        }
+    }
+
+    #[test]
+    fn the_two_formats_name_counters_as_each_expects() {
+        let process = ProcessStats::default();
+        let text = render(&snapshot(), &process, Format::Prometheus);
+        assert!(text.contains("# TYPE kv_server_connections_accepted_total counter\n"));
+        assert!(text.contains("kv_server_connections_accepted_total 5\n"));
+        assert!(text.contains("kv_server_connections_closed_total{reason=\"client_closed\"} 3\n"));
+        assert!(
+            text.contains("kv_server_connections_closed_total{reason=\"connection_limit\"} 1\n")
+        );
+        assert!(text.contains("# TYPE kv_server_build_info gauge\n"));
+        assert!(text.contains("kv_server_start_time_seconds 1.5\n"));
+        assert!(!text.contains("# EOF"));
+
+        let open = render(&snapshot(), &process, Format::OpenMetrics);
+        assert!(open.contains("# TYPE kv_server_connections_accepted counter\n"));
+        assert!(open.contains("kv_server_connections_accepted_total 5\n"));
+        assert!(open.contains("# TYPE kv_server_build info\n"));
+        assert!(open.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn accept_header_picks_the_format() {
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+        assert_eq!(Format::negotiate(Some(b"text/plain")), Format::Prometheus);
+        let prometheus_scraper: &[u8] =
+            b"application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(
+            Format::negotiate(Some(prometheus_scraper)),
+            Format::OpenMetrics
+        );
+    }
+}

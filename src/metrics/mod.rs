@@ -1,0 +1,137 @@
+//! What the server counts and how a scrape sees it: the close reasons, the traffic counters
+//! that connections bump as they go, the snapshot a scrape is answered from, and the
+//! endpoint that answers it (`--metrics`), served by the same event loop.
+//!
+//! Counting costs plain integer additions in the room that sees each event (the acceptor,
+//! the connection table, a connection's turn): no atomics, no allocation. Gauges that would
+//! need bookkeeping on every request (reads paused, bytes buffered) are computed when a
+//! scrape asks, by walking the connection table.
+
+pub(crate) mod endpoint;
+mod exposition;
+mod process;
+
+use std::time::SystemTime;
+
+/// Why a connection ended. Each reason is counted as `connections_closed_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The client closed its side and everything it sent was answered.
+    ClientClosed,
+    /// A reset or another socket error.
+    Error,
+    /// No traffic for `--idle-timeout`.
+    IdleTimeout,
+    /// Accepted over `--max-connections` and closed at once.
+    ConnectionLimit,
+    /// The line handler panicked.
+    HandlerPanic,
+    /// Serving the connection panicked outside the handler.
+    ServerPanic,
+    /// Half-closed by the server's shutdown drain, then closed by the client.
+    Drained,
+    /// Still open when `--shutdown-timeout` ran out.
+    ShutdownTimeout,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 8] = [
+        CloseReason::ClientClosed,
+        CloseReason::Error,
+        CloseReason::IdleTimeout,
+        CloseReason::ConnectionLimit,
+        CloseReason::HandlerPanic,
+        CloseReason::ServerPanic,
+        CloseReason::Drained,
+        CloseReason::ShutdownTimeout,
+    ];
+
+    /// The `reason` label's value.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::Error => "error",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::ConnectionLimit => "connection_limit",
+            CloseReason::HandlerPanic => "handler_panic",
+            CloseReason::ServerPanic => "server_panic",
+            CloseReason::Drained => "shutdown_drained",
+            CloseReason::ShutdownTimeout => "shutdown_timeout",
+        }
+    }
+}
+
+/// Connections closed, by reason.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ClosedCounts([u64; CloseReason::ALL.len()]);
+
+impl ClosedCounts {
+    pub fn add(&mut self, reason: CloseReason, count: u64) {
+        self.0[reason as usize] += count;
+    }
+
+    pub fn get(&self, reason: CloseReason) -> u64 {
+        self.0[reason as usize]
+    }
+}
+
+/// Bytes and over-long lines, counted by connections as they go.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Traffic {
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Lines cut into pieces by the line limit (one per line, however many pieces).
+    pub long_lines: u64,
+}
+
+/// Connections let in, and how often accepting paused; counted by the acceptor.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct AcceptCounts {
+    /// Every accepted socket, including those closed at once for the connection limit.
+    pub accepted: u64,
+    pub over_limit: u64,
+    pub pauses: u64,
+}
+
+/// Everything a scrape shows of the echo server, taken at one moment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Snapshot {
+    pub accepts: AcceptCounts,
+    pub open: usize,
+    pub closed: ClosedCounts,
+    pub traffic: Traffic,
+    pub reads_paused: usize,
+    pub buffered_bytes: usize,
+    pub start_time: SystemTime,
+}
+
+impl Snapshot {
+    /// Closes by reason, with the acceptor's over-limit closes among them.
+    pub fn all_closed(&self) -> ClosedCounts {
+        let mut closed = self.closed;
+        closed.add(CloseReason::ConnectionLimit, self.accepts.over_limit);
+        closed
+    }
+
+    /// The run in one line, for the log at shutdown.
+    pub fn summary(&self) -> String {
+        let closed = self.all_closed();
+        let endings: Vec<String> = CloseReason::ALL
+            .iter()
+            .filter(|&&reason| closed.get(reason) > 0)
+            .map(|&reason| format!("{} {}", reason.label(), closed.get(reason)))
+            .collect();
+        let endings = if endings.is_empty() {
+            "none".to_owned()
+        } else {
+            endings.join(", ")
+        };
+        format!(
+            "Served {} connections; {} bytes in, {} bytes out; {} long lines; ended: {endings}",
+            self.accepts.accepted,
+            self.traffic.bytes_received,
+            self.traffic.bytes_sent,
+            self.traffic.long_lines
+        )
+    }
+}

@@ -1,0 +1,417 @@
+//! The Prometheus endpoint (`--metrics`): exact counters after a scripted workload, gauges
+//! that follow the connections, HTTP as scrapers speak it, scrapers that misbehave, and the
+//! output checked by real tools (curl, promtool).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{assert_echo, pattern, ServerProcess, TestServer};
+use kv_server::{Config, Echo};
+
+fn with_metrics(config: Config) -> TestServer {
+    let config = Config {
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        metrics_timeout: Duration::from_millis(500),
+        ..config
+    };
+    TestServer::start_with(config, Box::new(Echo))
+}
+
+/// An HTTP exchange on a fresh connection: the raw answer, read until the server closes.
+fn http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = common::connect(addr);
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("the server closes after answering");
+    String::from_utf8(answer).unwrap()
+}
+
+/// The samples of a scrape, by name with labels (`name{label="value"}`).
+fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let answer = http(addr, b"GET /metrics HTTP/1.0\r\n\r\n");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("headers, then a body");
+    assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// Sends `lines` lines of `len` bytes, reads them back, half-closes and waits for the
+/// server's end of stream: once that arrives, the server has counted the connection closed.
+fn client_session(addr: SocketAddr, id: u64, lines: usize, len: usize) {
+    let mut stream = common::connect(addr);
+    let mut sent = Vec::new();
+    for n in 0..lines {
+        let mut line = pattern(len - 1, id * 1000 + n as u64);
+        line.push(b'\n');
+        sent.extend_from_slice(&line);
+    }
+    assert_echo(&mut stream, &sent);
+    stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        common::read_to_end(&mut stream).unwrap(),
+        b"",
+        "nothing more"
+    );
+}
+
+#[test]
+fn counters_are_exact_after_a_scripted_workload() {
+    let server = with_metrics(Config::default());
+    let metrics = server.metrics.unwrap();
+    let (clients, lines, len) = (8u64, 25usize, 40usize);
+    std::thread::scope(|scope| {
+        for id in 0..clients {
+            scope.spawn(move || client_session(server.addr, id, lines, len));
+        }
+    });
+    let m = scrape(metrics);
+    let bytes = (clients as usize * lines * len) as f64;
+    assert_eq!(m["kv_server_connections_accepted_total"], clients as f64);
+    assert_eq!(m["kv_server_bytes_received_total"], bytes);
+    assert_eq!(m["kv_server_bytes_sent_total"], bytes);
+    assert_eq!(
+        m["kv_server_connections_closed_total{reason=\"client_closed\"}"],
+        clients as f64
+    );
+    for reason in ["error", "idle_timeout", "connection_limit", "handler_panic"] {
+        let name = format!("kv_server_connections_closed_total{{reason=\"{reason}\"}}");
+        assert_eq!(m[&name], 0.0, "{name}");
+    }
+    assert_eq!(m["kv_server_connections_open"], 0.0);
+    assert_eq!(m["kv_server_buffered_bytes"], 0.0);
+    assert_eq!(m["kv_server_reads_paused"], 0.0);
+    assert_eq!(m["kv_server_long_lines_total"], 0.0);
+    assert_eq!(m["kv_server_build_info{version=\"0.1.0\"}"], 1.0);
+    assert!(m["process_resident_memory_bytes"] > 0.0);
+    assert!(m["process_open_fds"] > 0.0);
+    assert!(m["kv_server_start_time_seconds"] > 1.7e9);
+}
+
+#[test]
+fn long_lines_and_the_connection_limit_are_counted() {
+    let server = with_metrics(Config {
+        max_line_bytes: 100,
+        max_connections: Some(1),
+        ..Config::default()
+    });
+    let metrics = server.metrics.unwrap();
+    let mut client = server.connect();
+    // Three lines of 250 bytes (three pieces each) and a short one: three long lines.
+    let mut long = pattern(249, 1);
+    long.push(b'\n');
+    let mut bytes = long.repeat(3);
+    bytes.extend_from_slice(b"short\n");
+    assert_echo(&mut client, &bytes);
+    let mut extra = common::connect(server.addr);
+    assert!(common::closed_within(&mut extra, common::TIMEOUT));
+    let m = scrape(metrics);
+    assert_eq!(m["kv_server_long_lines_total"], 3.0);
+    assert_eq!(m["kv_server_connections_accepted_total"], 2.0);
+    assert_eq!(
+        m["kv_server_connections_closed_total{reason=\"connection_limit\"}"],
+        1.0
+    );
+    assert_eq!(m["kv_server_connections_open"], 1.0);
+}
+
+#[test]
+fn gauges_follow_a_client_that_does_not_read() {
+    let server = with_metrics(Config::default());
+    let metrics = server.metrics.unwrap();
+    let mut hog = server.connect();
+    hog.set_nonblocking(true).unwrap();
+    let line = [b'x'; 1023]
+        .iter()
+        .chain(b"\n")
+        .copied()
+        .collect::<Vec<u8>>();
+    let mut sent = 0usize;
+    // Write until the server stops reading and both socket buffers are full.
+    let deadline = Instant::now() + common::TIMEOUT;
+    let mut blocked_since = None;
+    loop {
+        // Each write continues where the last one stopped, so the stream is whole lines.
+        match hog.write(&line[sent % line.len()..]) {
+            Ok(n) => {
+                sent += n;
+                blocked_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_millis(200) {
+                    break;
+                }
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Instant::now() < deadline);
+    }
+    let m = scrape(metrics);
+    assert_eq!(m["kv_server_reads_paused"], 1.0, "{sent} bytes sent");
+    assert!(m["kv_server_buffered_bytes"] > 0.0);
+    // Read everything back: reading resumes and the buffers empty. The last write may have
+    // taken part of a line, which is held until its newline arrives.
+    hog.set_nonblocking(false).unwrap();
+    let complete = sent - sent % line.len();
+    let mut back = vec![0u8; complete];
+    hog.read_exact(&mut back).unwrap();
+    assert!(back.chunks(line.len()).all(|chunk| chunk == line));
+    if complete < sent {
+        hog.write_all(&line[sent - complete..]).unwrap();
+        let mut last = vec![0u8; line.len()];
+        hog.read_exact(&mut last).unwrap();
+        assert_eq!(last, line);
+    }
+    let m = scrape(metrics);
+    assert_eq!(m["kv_server_reads_paused"], 0.0);
+    assert_eq!(m["kv_server_buffered_bytes"], 0.0);
+}
+
+#[test]
+fn http_answers_as_scrapers_expect() {
+    let server = with_metrics(Config::default());
+    let metrics = server.metrics.unwrap();
+
+    let answer = http(metrics, b"GET /other HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 404 Not Found\r\n"), "{answer}");
+    let answer = http(
+        metrics,
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("Allow: GET, HEAD\r\n"), "{answer}");
+    let answer = http(metrics, b"NONSENSE\r\n\r\n");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answer = http(metrics, huge.as_bytes());
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    let answer = http(metrics, b"HEAD /metrics HTTP/1.0\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.0 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\n"), "no body for HEAD: {answer}");
+    let answer = http(
+        metrics,
+        b"GET /metrics?x=1 HTTP/1.0\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n",
+    );
+    assert!(
+        answer.contains("Content-Type: application/openmetrics-text; version=1.0.0"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("# EOF\n"), "{answer}");
+
+    // HTTP/1.1 keeps the connection: two requests, two answers, then it is still open.
+    let mut stream = common::connect(metrics);
+    stream
+        .write_all(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .unwrap();
+    for _ in 0..2 {
+        let (status, _) = read_response(&mut stream);
+        assert_eq!(status, "HTTP/1.1 200 OK");
+    }
+    assert_echo(&mut server.connect(), b"echo still fine\n");
+}
+
+/// Reads one response with a Content-Length; returns its status line and body.
+fn read_response(stream: &mut TcpStream) -> (String, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    (head.lines().next().unwrap().to_owned(), body)
+}
+
+#[test]
+fn a_stalled_scraper_delays_no_echo_and_is_closed_after_the_time_out() {
+    let server = with_metrics(Config::default());
+    let mut stalled = common::connect(server.metrics.unwrap());
+    stalled.write_all(b"GET /metr").unwrap();
+    let started = Instant::now();
+    let mut client = server.connect();
+    for round in 0..100 {
+        assert_echo(&mut client, format!("round {round}\n").as_bytes());
+    }
+    // The time-out is 500 ms: 100 round trips meanwhile show the loop was never held.
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(
+        common::closed_within(&mut stalled, Duration::from_secs(5)),
+        "the stalled scraper is closed after the time-out"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+#[test]
+fn a_scraper_that_never_reads_holds_bounded_memory() {
+    let server = ServerProcess::start(&["--metrics", "127.0.0.1:0"]);
+    let metrics = metrics_addr(&server);
+    let rss_before = server.status_kib("VmRSS");
+    let mut greedy = common::connect(metrics);
+    greedy.set_nonblocking(true).unwrap();
+    let requests = b"GET /metrics HTTP/1.1\r\n\r\n".repeat(1000);
+    let mut written = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    // Pipelined requests whose answers would be over 100 MB, never read.
+    while written < 4 << 20 && Instant::now() < deadline {
+        match greedy.write(&requests) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let grown = server.status_kib("VmRSS").saturating_sub(rss_before);
+    assert!(
+        grown < 1024,
+        "{written} bytes of requests never read grew the server by {grown} KiB"
+    );
+    let mut client = common::connect(server.addr());
+    assert_echo(&mut client, b"still serving\n");
+}
+
+/// The metrics address the binary logged before its start-up line.
+fn metrics_addr(server: &ServerProcess) -> SocketAddr {
+    server
+        .startup_log
+        .iter()
+        .find_map(|line| line.split("Serving metrics at http://").nth(1))
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .expect("a line naming the metrics address")
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_address_in_use_or_unparsable_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let output = common::binary()
+        .args(["--bind", "127.0.0.1", "--port", "0", "--metrics", &taken])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen for metrics on {taken}"))
+            && stderr.contains("in use"),
+        "{stderr}"
+    );
+    let output = common::binary()
+        .args(["--metrics", "localhost:nine"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("localhost:nine") && stderr.contains("HOST:PORT"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn shutdown_logs_a_summary_of_the_run() {
+    let mut server = ServerProcess::start(&[]);
+    client_session(server.addr(), 1, 10, 20);
+    server.signal(libc::SIGTERM);
+    let summary = server.wait_log("Served");
+    assert!(
+        summary.contains("Served 1 connections; 200 bytes in, 200 bytes out")
+            && summary.contains("client_closed 1"),
+        "{summary}"
+    );
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// A tool from Debian's packages, or a skip with a message (never under CI).
+fn tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is missing; CI installs it"
+        );
+        eprintln!("skipped: {name} is not installed (apt-get install curl prometheus)");
+    }
+    found
+}
+
+#[test]
+fn curl_scrapes_what_promtool_accepts() {
+    if !tool("curl") || !tool("promtool") {
+        return;
+    }
+    let server = ServerProcess::start(&["--metrics", "127.0.0.1:0"]);
+    let url = format!("http://{}/metrics", metrics_addr(&server));
+    let mut client = common::connect(server.addr());
+    assert_echo(&mut client, b"something to count\n");
+    let scraped = Command::new("curl").args(["-sSf", &url]).output().unwrap();
+    assert!(
+        scraped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&scraped.stderr)
+    );
+    let text = String::from_utf8(scraped.stdout).unwrap();
+    assert!(
+        text.contains("kv_server_bytes_received_total 19\n"),
+        "{text}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
