@@ -8,7 +8,7 @@
 //! reactor owns the connections; the acceptor only hands it sockets it may keep.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -42,6 +42,14 @@ enum Origin {
     Inherited,
 }
 
+/// A connection just accepted, and whether there is room for it.
+pub(crate) enum Arrival {
+    Admit(TcpStream, SocketAddr),
+    /// The connection limit is reached: it may take an idle connection's place, or must be
+    /// turned away.
+    Full(TcpStream, SocketAddr),
+}
+
 /// The listening socket and the rules for letting connections in.
 pub(crate) struct Acceptor {
     /// `None` once shutdown has begun: the listener is closed first.
@@ -49,6 +57,7 @@ pub(crate) struct Acceptor {
     origin: Origin,
     local_addr: SocketAddr,
     max_connections: usize,
+    max_per_address: Option<usize>,
     /// Accepting is paused until then, after running out of descriptors or memory.
     paused_until: Option<Instant>,
     /// The listener may still have connections waiting (the accept budget ran out, or a
@@ -58,6 +67,7 @@ pub(crate) struct Acceptor {
     budget_left: usize,
     resource_warning: RateLimit,
     limit_warning: RateLimit,
+    address_warning: RateLimit,
     counts: AcceptCounts,
 }
 
@@ -103,11 +113,13 @@ impl Acceptor {
             origin,
             local_addr,
             max_connections: config.effective_max_connections(),
+            max_per_address: config.max_connections_per_ip,
             paused_until: None,
             more_waiting: false,
             budget_left: ACCEPTS_PER_TURN,
             resource_warning: RateLimit::default(),
             limit_warning: RateLimit::default(),
+            address_warning: RateLimit::default(),
             counts: AcceptCounts::default(),
         })
     }
@@ -148,7 +160,8 @@ impl Acceptor {
         &mut self,
         now: Instant,
         open: usize,
-    ) -> Option<(TcpStream, SocketAddr)> {
+        from_address: &dyn Fn(IpAddr) -> usize,
+    ) -> Option<Arrival> {
         if self.paused_until.is_some() {
             return None;
         }
@@ -185,22 +198,40 @@ impl Acceptor {
                 }
             };
             self.counts.accepted += 1;
-            if open >= self.max_connections {
-                self.counts.over_limit += 1;
-                if let Some(suppressed) = self.limit_warning.allow(now) {
-                    log::warn!(
-                        "Connection limit of {} reached; closing the connection from {peer}{}",
-                        self.max_connections,
-                        suppressed_note(suppressed)
-                    );
+            if let Some(limit) = self.max_per_address {
+                if from_address(peer.ip()) >= limit {
+                    self.counts.over_address_limit += 1;
+                    if let Some(suppressed) = self.address_warning.allow(now) {
+                        log::warn!(
+                            "{} already holds {limit} connections (--max-connections-per-ip); \
+                             closing the new one from {peer}{}",
+                            peer.ip(),
+                            suppressed_note(suppressed)
+                        );
+                    }
+                    continue; // Dropping the socket closes it.
                 }
-                continue; // Dropping the socket closes it.
             }
             // Echoes are small and latency-bound: never hold them back for coalescing.
             if let Err(e) = socket.set_nodelay(true) {
                 log::debug!("{peer}: cannot set TCP_NODELAY: {e}");
             }
-            return Some((socket, peer));
+            if open >= self.max_connections {
+                return Some(Arrival::Full(socket, peer));
+            }
+            return Some(Arrival::Admit(socket, peer));
+        }
+    }
+
+    /// Closes a connection that found the table full with no idle connection to replace.
+    pub fn turn_away(&mut self, peer: SocketAddr, now: Instant) {
+        self.counts.over_limit += 1;
+        if let Some(suppressed) = self.limit_warning.allow(now) {
+            log::warn!(
+                "Connection limit of {} reached; closing the connection from {peer}{}",
+                self.max_connections,
+                suppressed_note(suppressed)
+            );
         }
     }
 

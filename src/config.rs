@@ -21,6 +21,11 @@ pub const DEFAULT_OUTPUT_LOW_WATER: usize = 64 * 1024;
 pub const DEFAULT_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// How long a metrics scraper may take to send a request or to take its answer.
 pub const DEFAULT_METRICS_TIMEOUT: Duration = Duration::from_secs(10);
+/// The budget for the bytes held in all connections' buffers together.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+/// How long the least recently active connection must have been idle before a new client,
+/// arriving when the connection limit is reached, takes its place.
+pub const DEFAULT_EVICT_IDLE_AFTER: Duration = Duration::from_secs(60);
 
 /// Everything a [`crate::Server`] needs to know before it binds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +40,14 @@ pub struct Config {
     pub max_line_bytes: usize,
     /// Most connections served at once; `None` derives it from the open-file limit.
     pub max_connections: Option<usize>,
+    /// Most connections from one client address; `None` sets no limit.
+    pub max_connections_per_ip: Option<usize>,
+    /// At the connection limit, a new client replaces the least recently active connection
+    /// if that one has been idle this long; `None` never evicts.
+    pub evict_idle_after: Option<Duration>,
+    /// The budget for the bytes held in all connections' buffers together (unfinished lines
+    /// and unsent output, counted as allocated capacity).
+    pub max_buffered_bytes: usize,
     /// Close a connection after this long without traffic; `None` never does.
     pub idle_timeout: Option<Duration>,
     /// How long a graceful shutdown waits for connections to flush and close.
@@ -59,6 +72,9 @@ impl Default for Config {
             reuse_port: false,
             max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             max_connections: None,
+            max_connections_per_ip: None,
+            evict_idle_after: Some(DEFAULT_EVICT_IDLE_AFTER),
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             idle_timeout: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             output_high_water: DEFAULT_OUTPUT_HIGH_WATER,
@@ -91,6 +107,17 @@ impl Config {
             return Err(ConfigError(
                 "the read buffer must hold at least 1 byte".into(),
             ));
+        }
+        if self.max_connections_per_ip == Some(0) {
+            return Err(ConfigError(
+                "--max-connections-per-ip must be at least 1 (or unset)".into(),
+            ));
+        }
+        if self.max_buffered_bytes < 2 * self.read_buffer_bytes {
+            return Err(ConfigError(format!(
+                "--max-buffered-bytes must be at least {} (two reads)",
+                2 * self.read_buffer_bytes
+            )));
         }
         if self.output_low_water >= self.output_high_water {
             return Err(ConfigError(format!(

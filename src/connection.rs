@@ -51,6 +51,10 @@ pub(crate) enum ReadOutcome {
     BudgetSpent,
     /// Reading is paused until unsent output drains (backpressure), or over for good.
     Stopped,
+    /// Reading is paused because this connection holds buffered bytes and one more read
+    /// could take all connections' buffers past the budget: the reactor resumes it when
+    /// the total falls.
+    OverBudget,
 }
 
 /// What the reactor lends a connection for one turn: the state that is shared because the
@@ -63,6 +67,9 @@ pub(crate) struct Turn<'a> {
     pub output_high_water: usize,
     pub output_low_water: usize,
     pub traffic: &'a mut Traffic,
+    /// Buffer capacity held by every other connection, and the budget for all of them.
+    pub others_buffered: usize,
+    pub buffer_budget: usize,
 }
 
 pub(crate) struct Connection {
@@ -90,6 +97,12 @@ pub(crate) struct Connection {
     /// The last piece answered was a cut piece of a long line: the next piece of that line
     /// does not count as another long line.
     in_long_line: bool,
+    /// Queued output went out since the buffer budget last looked: not a candidate for
+    /// eviction.
+    progressed: bool,
+    /// Reading waits for room in the buffer budget, or for this connection's own output to
+    /// drain.
+    budget_paused: bool,
     /// Already waiting in the reactor's list of connections to read again.
     pub read_queued: bool,
     idle: IdleLinks,
@@ -118,6 +131,8 @@ impl Connection {
             write_shut: false,
             long_line_logged: false,
             in_long_line: false,
+            progressed: false,
+            budget_paused: false,
             read_queued: false,
             idle: IdleLinks::new(now),
         }
@@ -144,6 +159,16 @@ impl Connection {
     /// Bytes held for this client: its unfinished line and its unsent output.
     pub fn buffered_bytes(&self) -> usize {
         self.partial.len() + self.output.pending()
+    }
+
+    /// Heap memory held in this connection's buffers, what the buffer budget counts.
+    pub fn buffered_capacity(&self) -> usize {
+        self.partial.capacity() + self.output.capacity()
+    }
+
+    /// Whether queued output went out since the last call; resets the mark.
+    pub fn take_progress(&mut self) -> bool {
+        std::mem::take(&mut self.progressed)
     }
 
     /// The server's drain half-closed this connection before the client closed it.
@@ -174,6 +199,15 @@ impl Connection {
         }
         self.read_drained = false;
         for _ in 0..READS_PER_TURN {
+            // A connection holding nothing is always read, so clients that read their echoes
+            // are never starved; one that holds buffers waits while a read could take all
+            // buffers past the budget, until its output drains or the total falls.
+            let held = self.buffered_capacity();
+            if held > 0 && turn.others_buffered + held + turn.read_buffer.len() > turn.buffer_budget
+            {
+                self.budget_paused = true;
+                return Ok(ReadOutcome::OverBudget);
+            }
             let received = match self.socket.read(turn.read_buffer) {
                 Ok(0) => {
                     self.read_closed = true;
@@ -211,11 +245,18 @@ impl Connection {
     }
 
     /// Sends what the socket would not take before. Returns true when reading was paused
-    /// and may resume because the output fell to the low-water mark.
+    /// and may resume: the output fell to the low-water mark, or, for a connection waiting
+    /// on the buffer budget, drained.
     pub fn flush(&mut self, turn: &mut Turn<'_>) -> io::Result<bool> {
-        turn.traffic.bytes_sent += self.output.flush(&mut self.socket)? as u64;
+        let written = self.output.flush(&mut self.socket)?;
+        self.progressed |= written > 0;
+        turn.traffic.bytes_sent += written as u64;
         if self.read_paused && self.pending_output() <= turn.output_low_water {
             self.read_paused = false;
+            return Ok(true);
+        }
+        if self.budget_paused && self.pending_output() == 0 {
+            self.budget_paused = false;
             return Ok(true);
         }
         Ok(false)
@@ -323,6 +364,10 @@ struct OutputBuffer {
 impl OutputBuffer {
     fn pending(&self) -> usize {
         self.bytes.len() - self.sent
+    }
+
+    fn capacity(&self) -> usize {
+        self.bytes.capacity()
     }
 
     /// Writes `answer` to the socket unless earlier output is still queued, and queues

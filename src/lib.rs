@@ -19,6 +19,7 @@
 //! ```
 
 mod accept;
+mod budget;
 pub mod config;
 mod connection;
 mod handler;

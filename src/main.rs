@@ -53,6 +53,23 @@ struct Cli {
     #[arg(long, value_name = "N", value_parser = parse_positive)]
     max_connections: Option<usize>,
 
+    /// Most connections from one client address; one more is accepted and closed at once;
+    /// 0 sets no limit
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_connections_per_ip: usize,
+
+    /// At the connection limit, a new client replaces the least recently active connection
+    /// if that one has been idle this many seconds; 0 never evicts
+    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_EVICT_IDLE_AFTER.as_secs_f64(),
+          value_parser = parse_seconds)]
+    evict_idle_after: f64,
+
+    /// Budget for the bytes held in all connections' buffers together (unfinished lines and
+    /// unsent echoes); clients holding the most and making no progress are closed to keep it
+    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MAX_BUFFERED_BYTES,
+          value_parser = parse_positive)]
+    max_buffered_bytes: usize,
+
     /// Close a connection after this many seconds without traffic; 0 never does
     #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
     idle_timeout: f64,
@@ -123,6 +140,7 @@ fn main() -> ExitCode {
 fn serve(cli: Cli) -> Result<Stopped, String> {
     let port = resolve_port(cli.port, std::env::var("PORT").ok())?;
     init_logging(cli.log_level)?;
+    return_large_buffers_at_once();
     let open_files = match config::raise_open_file_limit() {
         Ok(limit) => limit,
         Err(e) => {
@@ -137,6 +155,11 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         metrics: cli.metrics,
         max_line_bytes: cli.max_line_bytes,
         max_connections: cli.max_connections,
+        max_connections_per_ip: (cli.max_connections_per_ip > 0)
+            .then_some(cli.max_connections_per_ip),
+        evict_idle_after: (cli.evict_idle_after > 0.0)
+            .then(|| Duration::from_secs_f64(cli.evict_idle_after)),
+        max_buffered_bytes: cli.max_buffered_bytes,
         idle_timeout: (cli.idle_timeout > 0.0).then(|| Duration::from_secs_f64(cli.idle_timeout)),
         shutdown_timeout: Duration::from_secs_f64(cli.shutdown_timeout),
         ..Config::default()
@@ -190,6 +213,19 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
     server
         .run()
         .map_err(|e| format!("the event loop failed: {e}"))
+}
+
+/// Makes buffers of 128 KiB and more (a connection's unsent echoes under backpressure) come
+/// from their own mappings, returned to the system as soon as they are freed. glibc's
+/// default raises that threshold after such frees and then serves them from the heap, whose
+/// freed holes stay resident: under the buffer budget, a crowd's churn of large buffers
+/// would then show as memory the process no longer uses.
+fn return_large_buffers_at_once() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of the allocator, before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 fn init_logging(flag: Option<LevelFilter>) -> Result<(), String> {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Token};
 
-use crate::accept::Acceptor;
+use crate::accept::{Acceptor, Arrival};
 use crate::config::Config;
 use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
 use crate::handler::{Echo, LineHandler};
@@ -106,7 +106,7 @@ impl Server {
             poll,
             acceptor,
             shutdown,
-            connections: ConnectionTable::new(config.idle_timeout),
+            connections: ConnectionTable::new(&config),
             handler,
             read_buffer: vec![0; config.read_buffer_bytes].into_boxed_slice(),
             scratch: Vec::new(),
@@ -208,6 +208,7 @@ impl Server {
     /// whose read budget ran out, accepting after a pause or a spent budget, idle expiry, and
     /// the shutdown. Returns how the loop ends, once it does.
     fn before_sleep(&mut self, now: Instant) -> Option<Stopped> {
+        self.connections.resume_budget_waiters();
         self.read_again_now(now);
         self.acceptor.resume_if_due(now);
         if self.acceptor.has_work() {
@@ -244,11 +245,28 @@ impl Server {
         .map(|deadline| deadline.saturating_duration_since(now))
     }
 
-    /// Takes in what the listener has, within the acceptor's rules.
+    /// Takes in what the listener has, within the acceptor's rules. At the connection limit
+    /// a newcomer takes the place of a connection idle for `--evict-idle-after`, if any.
     fn accept(&mut self, now: Instant) {
-        while let Some((socket, peer)) = self.acceptor.next_connection(now, self.connections.len())
-        {
-            self.admit(socket, peer, now);
+        loop {
+            let open = self.connections.len();
+            let from_address = |ip| self.connections.connections_at(ip);
+            let arrival = self.acceptor.next_connection(now, open, &from_address);
+            match arrival {
+                None => return,
+                Some(Arrival::Admit(socket, peer)) => self.admit(socket, peer, now),
+                Some(Arrival::Full(socket, peer)) => {
+                    let evicted = self.config.evict_idle_after.is_some_and(|after| {
+                        self.connections
+                            .evict_idle(self.poll.registry(), now, after)
+                    });
+                    if evicted {
+                        self.admit(socket, peer, now);
+                    } else {
+                        self.acceptor.turn_away(peer, now);
+                    }
+                }
+            }
         }
     }
 
@@ -268,8 +286,13 @@ impl Server {
     /// Handles readiness on one connection, and drops it if it finished or failed. A panic
     /// anywhere in here ends this connection alone.
     fn serve(&mut self, key: usize, readiness: Readiness, now: Instant) {
-        let Some(connection) = self.connections.get_mut(key) else {
+        let Some(held) = self.connections.get_mut(key).map(|c| c.buffered_capacity()) else {
             return; // A stale event for a connection closed earlier in this turn.
+        };
+        let others_buffered = self.connections.budget().others(held);
+        let buffer_budget = self.connections.budget().limit();
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
         };
         let mut turn = Turn {
             read_buffer: &mut self.read_buffer,
@@ -279,6 +302,8 @@ impl Server {
             output_high_water: self.config.output_high_water,
             output_low_water: self.config.output_low_water,
             traffic: &mut self.traffic,
+            others_buffered,
+            buffer_budget,
         };
         let result = catch_unwind(AssertUnwindSafe(|| {
             serve_connection(connection, &mut turn, readiness)
@@ -296,6 +321,11 @@ impl Server {
         } else {
             CloseReason::ClientClosed
         };
+        let over_budget = matches!(outcome, Ok(ReadOutcome::OverBudget));
+        // Waiting with no echoes unsent: only room in the budget lets it go on.
+        let room_wanted = over_budget && connection.pending_output() == 0;
+        // Accounted while the connection is still in the table: closing it settles the rest.
+        self.connections.account(key, held, over_budget);
         let registry = self.poll.registry();
         match outcome {
             Err(fault) => self.connections.close(registry, key, Ending::Fault(fault)),
@@ -307,6 +337,8 @@ impl Server {
                 self.connections.touch(key, now);
             }
         }
+        self.connections
+            .enforce_budget(registry, key, room_wanted, now);
     }
 
     /// Answers a metrics scraper from a snapshot taken when its request is complete.

@@ -7,14 +7,17 @@
 //! leaves deregistered, unlinked and closed, with one log line naming the peer. Dropping a
 //! slab entry is how a faulty connection is isolated.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use crate::budget::BufferBudget;
+use crate::config::Config;
 use crate::connection::{Connection, Fault};
 use crate::idle::IdleList;
 use crate::metrics::{CloseReason, ClosedCounts};
@@ -24,21 +27,109 @@ const SLAB_CAPACITY_KEPT: usize = 1024;
 
 pub(crate) struct ConnectionTable {
     slab: Slab<Connection>,
-    /// Present when connections time out after a quiet spell.
+    /// Present when connections time out after a quiet spell or may be evicted when idle.
     idle: Option<IdleList>,
+    idle_timeout: Option<Duration>,
     /// Connections whose read budget ran out while data may still be waiting.
     read_again: Vec<usize>,
+    budget: BufferBudget,
+    /// Connections per client address, kept only under `--max-connections-per-ip`.
+    per_address: Option<HashMap<IpAddr, usize>>,
     closed: ClosedCounts,
 }
 
 impl ConnectionTable {
-    pub fn new(idle_timeout: Option<Duration>) -> Self {
+    pub fn new(config: &Config) -> Self {
+        // The idle list may lag activity by an eighth of the shortest time it serves, and by
+        // a second at most: time-outs and evictions are that much late at worst.
+        let shortest = [config.idle_timeout, config.evict_idle_after]
+            .into_iter()
+            .flatten()
+            .min();
         ConnectionTable {
             slab: Slab::new(),
-            idle: idle_timeout.map(IdleList::new),
+            idle: shortest.map(|time| IdleList::new((time / 8).min(Duration::from_secs(1)))),
+            idle_timeout: config.idle_timeout,
             read_again: Vec::new(),
+            budget: BufferBudget::new(config.max_buffered_bytes),
+            per_address: config.max_connections_per_ip.map(|_| HashMap::new()),
             closed: ClosedCounts::default(),
         }
+    }
+
+    /// Connections from `ip` being served (0 when addresses are not counted).
+    pub fn connections_at(&self, ip: IpAddr) -> usize {
+        self.per_address
+            .as_ref()
+            .and_then(|counts| counts.get(&ip).copied())
+            .unwrap_or(0)
+    }
+
+    pub fn budget(&self) -> &BufferBudget {
+        &self.budget
+    }
+
+    /// After a connection's turn: its buffers' capacity went from `before` to what it holds
+    /// now. A connection that stopped for want of room waits for it.
+    pub fn account(&mut self, key: usize, before: usize, over_budget: bool) {
+        let after = self.slab.get(key).map_or(0, Connection::buffered_capacity);
+        self.budget.adjust(before, after);
+        if over_budget {
+            self.budget.wait(key);
+        }
+    }
+
+    /// Brings the total back under the budget, or makes room for a connection waiting to
+    /// read (`room_wanted`), by closing the connections holding the most without progress,
+    /// sparing `spared` (the one just served).
+    pub fn enforce_budget(
+        &mut self,
+        registry: &Registry,
+        spared: usize,
+        room_wanted: bool,
+        now: Instant,
+    ) {
+        if !self.budget.should_look(room_wanted, now) {
+            return;
+        }
+        let evictions = self.budget.choose_evictions(&mut self.slab, spared, now);
+        for (key, held) in evictions {
+            log::warn!(
+                "{}: holds {held} buffered bytes without progress while all connections' \
+                 buffers are over --max-buffered-bytes ({}); closing it",
+                self.slab[key].peer(),
+                self.budget.limit()
+            );
+            self.close(registry, key, Ending::Quiet(CloseReason::BufferBudget));
+        }
+    }
+
+    /// Queues the connections that stopped for want of room, once there is room again.
+    pub fn resume_budget_waiters(&mut self) {
+        for key in self.budget.take_resumable() {
+            if self.slab.contains(key) {
+                self.queue_read(key);
+            }
+        }
+    }
+
+    /// Makes room for one more connection by closing the least recently active one, if it
+    /// has been idle at least `after`. True if it did.
+    pub fn evict_idle(&mut self, registry: &Registry, now: Instant, after: Duration) -> bool {
+        let Some((key, last_active)) = self.idle.as_ref().and_then(|idle| idle.oldest(&self.slab))
+        else {
+            return false;
+        };
+        if now.saturating_duration_since(last_active) < after {
+            return false;
+        }
+        log::debug!(
+            "{}: idle for {:?}; evicted for a new client at the connection limit",
+            self.slab[key].peer(),
+            now.saturating_duration_since(last_active)
+        );
+        self.close(registry, key, Ending::Quiet(CloseReason::IdleEvicted));
+        true
     }
 
     pub fn closed(&self) -> ClosedCounts {
@@ -93,6 +184,9 @@ impl ConnectionTable {
             return None;
         }
         entry.insert(Connection::new(socket, peer, now));
+        if let Some(counts) = self.per_address.as_mut() {
+            *counts.entry(peer.ip()).or_insert(0) += 1;
+        }
         if let Some(idle) = self.idle.as_mut() {
             idle.push_back(&mut self.slab, key, now);
         }
@@ -141,18 +235,21 @@ impl ConnectionTable {
 
     /// When the least recently active connection times out, if connections time out.
     pub fn next_idle_deadline(&self) -> Option<Instant> {
-        self.idle.as_ref()?.next_deadline(&self.slab)
+        let timeout = self.idle_timeout?;
+        let (_, last_active) = self.idle.as_ref()?.oldest(&self.slab)?;
+        Some(last_active + timeout)
     }
 
     /// Closes every connection that has been quiet for the idle timeout at `now`.
     pub fn expire_idle(&mut self, registry: &Registry, now: Instant) {
-        let Some(timeout) = self.idle.as_ref().map(IdleList::timeout) else {
+        let Some(timeout) = self.idle_timeout else {
             return;
         };
         while let Some(key) = self
             .idle
             .as_ref()
-            .and_then(|idle| idle.expired(&self.slab, now))
+            .and_then(|idle| idle.oldest(&self.slab))
+            .and_then(|(key, last_active)| (last_active + timeout <= now).then_some(key))
         {
             log::debug!(
                 "{}: no traffic for {timeout:?}; closing",
@@ -169,6 +266,16 @@ impl ConnectionTable {
         }
         let mut connection = self.slab.remove(key);
         self.closed.add(ending.reason(), 1);
+        self.budget.adjust(connection.buffered_capacity(), 0);
+        if let Some(counts) = self.per_address.as_mut() {
+            let ip = connection.peer().ip();
+            if let Some(count) = counts.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&ip);
+                }
+            }
+        }
         // Logged while the socket is still open: whoever sees the close can find the line.
         match ending {
             Ending::Quiet(_) => log::debug!("{}: connection closed", connection.peer()),

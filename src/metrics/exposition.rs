@@ -192,6 +192,7 @@ mod tests {
             accepts: AcceptCounts {
                 accepted: 5,
                 over_limit: 1,
+                over_address_limit: 0,
                 pauses: 0,
             },
             open: 1,

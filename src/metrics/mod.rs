@@ -24,6 +24,12 @@ pub(crate) enum CloseReason {
     IdleTimeout,
     /// Accepted over `--max-connections` and closed at once.
     ConnectionLimit,
+    /// Accepted over `--max-connections-per-ip` and closed at once.
+    AddressLimit,
+    /// Idle for `--evict-idle-after` when a new client needed its place.
+    IdleEvicted,
+    /// Held the most buffered bytes without progress when the buffer budget ran out.
+    BufferBudget,
     /// The line handler panicked.
     HandlerPanic,
     /// Serving the connection panicked outside the handler.
@@ -35,11 +41,14 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::ClientClosed,
         CloseReason::Error,
         CloseReason::IdleTimeout,
         CloseReason::ConnectionLimit,
+        CloseReason::AddressLimit,
+        CloseReason::IdleEvicted,
+        CloseReason::BufferBudget,
         CloseReason::HandlerPanic,
         CloseReason::ServerPanic,
         CloseReason::Drained,
@@ -53,6 +62,9 @@ impl CloseReason {
             CloseReason::Error => "error",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::ConnectionLimit => "connection_limit",
+            CloseReason::AddressLimit => "address_limit",
+            CloseReason::IdleEvicted => "idle_evicted",
+            CloseReason::BufferBudget => "buffer_budget",
             CloseReason::HandlerPanic => "handler_panic",
             CloseReason::ServerPanic => "server_panic",
             CloseReason::Drained => "shutdown_drained",
@@ -90,6 +102,7 @@ pub(crate) struct AcceptCounts {
     /// Every accepted socket, including those closed at once for the connection limit.
     pub accepted: u64,
     pub over_limit: u64,
+    pub over_address_limit: u64,
     pub pauses: u64,
 }
 
@@ -110,6 +123,7 @@ impl Snapshot {
     pub fn all_closed(&self) -> ClosedCounts {
         let mut closed = self.closed;
         closed.add(CloseReason::ConnectionLimit, self.accepts.over_limit);
+        closed.add(CloseReason::AddressLimit, self.accepts.over_address_limit);
         closed
     }
 

@@ -11,6 +11,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 pub mod churn;
+pub mod crowd;
 
 use kv_server::{Config, LineHandler, Server, ShutdownHandle, Stopped};
 #[allow(unused_imports)] // Each test binary uses its own subset of these helpers.
