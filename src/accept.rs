@@ -113,7 +113,11 @@ impl Acceptor {
             origin,
             local_addr,
             max_connections: config.effective_max_connections(),
-            max_per_address: config.max_connections_per_ip,
+            // Behind a load balancer every connection comes from the balancer: the client's
+            // address is checked once its PROXY header has named it.
+            max_per_address: config
+                .max_connections_per_ip
+                .filter(|_| !config.proxy_protocol),
             paused_until: None,
             more_waiting: false,
             budget_left: ACCEPTS_PER_TURN,
@@ -200,15 +204,8 @@ impl Acceptor {
             self.counts.accepted += 1;
             if let Some(limit) = self.max_per_address {
                 if from_address(peer.ip()) >= limit {
-                    self.counts.over_address_limit += 1;
-                    if let Some(suppressed) = self.address_warning.allow(now) {
-                        log::warn!(
-                            "{} already holds {limit} connections (--max-connections-per-ip); \
-                             closing the new one from {peer}{}",
-                            peer.ip(),
-                            suppressed_note(suppressed)
-                        );
-                    }
+                    let (counts, warning) = (&mut self.counts, &mut self.address_warning);
+                    report_address_limit(counts, warning, peer, limit, now);
                     continue; // Dropping the socket closes it.
                 }
             }
@@ -251,6 +248,24 @@ impl Acceptor {
         }
         self.paused_until = None;
         self.more_waiting = false;
+    }
+}
+
+fn report_address_limit(
+    counts: &mut AcceptCounts,
+    warning: &mut RateLimit,
+    peer: SocketAddr,
+    limit: usize,
+    now: Instant,
+) {
+    counts.over_address_limit += 1;
+    if let Some(suppressed) = warning.allow(now) {
+        log::warn!(
+            "{} already holds {limit} connections (--max-connections-per-ip); closing the new \
+             one from {peer}{}",
+            peer.ip(),
+            suppressed_note(suppressed)
+        );
     }
 }
 
@@ -394,7 +409,7 @@ fn is_transient_accept_error(error: &io::Error) -> bool {
     )
 }
 
-fn suppressed_note(suppressed: u64) -> String {
+pub(crate) fn suppressed_note(suppressed: u64) -> String {
     if suppressed == 0 {
         String::new()
     } else {
@@ -405,14 +420,14 @@ fn suppressed_note(suppressed: u64) -> String {
 /// Lets one warning of a kind through per interval and counts the ones held back, so that
 /// a flood of failures cannot flood the log.
 #[derive(Debug, Default)]
-struct RateLimit {
+pub(crate) struct RateLimit {
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl RateLimit {
     /// `Some(number held back since the last one)` when a warning may be logged now.
-    fn allow(&mut self, now: Instant) -> Option<u64> {
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
         match self.last {
             Some(last) if now.duration_since(last) < WARNING_INTERVAL => {
                 self.suppressed += 1;

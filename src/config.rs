@@ -21,6 +21,8 @@ pub const DEFAULT_OUTPUT_LOW_WATER: usize = 64 * 1024;
 pub const DEFAULT_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// How long a metrics scraper may take to send a request or to take its answer.
 pub const DEFAULT_METRICS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may take to send its PROXY protocol header.
+pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The budget for the bytes held in all connections' buffers together.
 pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 /// How long the least recently active connection must have been idle before a new client,
@@ -59,6 +61,11 @@ pub struct Config {
     pub output_low_water: usize,
     /// Size of the shared read buffer.
     pub read_buffer_bytes: usize,
+    /// Every connection begins with a PROXY protocol header (v1 or v2) from a load
+    /// balancer, naming the client; connections without a valid one are closed.
+    pub proxy_protocol: bool,
+    /// How long a connection may take to send its PROXY protocol header.
+    pub proxy_header_timeout: Duration,
     /// Where to serve `GET /metrics` (Prometheus); `None` serves no metrics.
     pub metrics: Option<SocketAddr>,
     /// How long a metrics scraper may take to send a request or to take its answer.
@@ -80,6 +87,8 @@ impl Default for Config {
             output_high_water: DEFAULT_OUTPUT_HIGH_WATER,
             output_low_water: DEFAULT_OUTPUT_LOW_WATER,
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
+            proxy_protocol: false,
+            proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
             metrics: None,
             metrics_timeout: DEFAULT_METRICS_TIMEOUT,
         }

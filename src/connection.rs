@@ -20,6 +20,8 @@ use crate::handler::LineHandler;
 use crate::idle::{IdleLinks, Linked};
 use crate::line;
 use crate::metrics::Traffic;
+use crate::proxy;
+use crate::table::AddressLimit;
 
 /// Reads one connection may make per readiness event before the reactor serves the others:
 /// a client that floods a fast loopback link must not starve everyone else.
@@ -33,6 +35,10 @@ pub(crate) enum Fault {
     /// Serving the connection panicked: in the line handler (`in_handler`) or, defensively,
     /// anywhere else in its turn. The message is the panic's payload when it is text.
     Panicked { in_handler: bool, message: String },
+    /// With `--proxy-protocol`, the connection did not begin with a valid header.
+    ProxyHeader(String),
+    /// With `--proxy-protocol`, its header named an address over `--max-connections-per-ip`.
+    AddressLimit,
 }
 
 impl From<io::Error> for Fault {
@@ -70,6 +76,8 @@ pub(crate) struct Turn<'a> {
     /// Buffer capacity held by every other connection, and the budget for all of them.
     pub others_buffered: usize,
     pub buffer_budget: usize,
+    /// Per-address counts, where a PROXY header's address is counted when it arrives.
+    pub addresses: Option<&'a mut AddressLimit>,
 }
 
 pub(crate) struct Connection {
@@ -103,6 +111,9 @@ pub(crate) struct Connection {
     /// Reading waits for room in the buffer budget, or for this connection's own output to
     /// drain.
     budget_paused: bool,
+    /// With `--proxy-protocol`, until the header has arrived: what has of it. Boxed, so
+    /// that a connection without it pays one pointer.
+    awaiting_header: Option<Box<AwaitingHeader>>,
     /// Already waiting in the reactor's list of connections to read again.
     pub read_queued: bool,
     idle: IdleLinks,
@@ -115,6 +126,13 @@ impl Linked for Connection {
     fn links_mut(&mut self) -> &mut IdleLinks {
         &mut self.idle
     }
+}
+
+/// A connection's first bytes while its PROXY protocol header is incomplete.
+struct AwaitingHeader {
+    bytes: Vec<u8>,
+    /// When it must be complete.
+    deadline: Instant,
 }
 
 impl Connection {
@@ -133,6 +151,7 @@ impl Connection {
             in_long_line: false,
             progressed: false,
             budget_paused: false,
+            awaiting_header: None,
             read_queued: false,
             idle: IdleLinks::new(now),
         }
@@ -140,6 +159,22 @@ impl Connection {
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
+    }
+
+    /// From now on the connection must begin with a PROXY protocol header, complete by
+    /// `deadline`.
+    pub fn expect_proxy_header(&mut self, deadline: Instant) {
+        self.awaiting_header = Some(Box::new(AwaitingHeader {
+            bytes: Vec::new(),
+            deadline,
+        }));
+    }
+
+    /// When its PROXY header must be complete, while it is still awaited.
+    pub fn header_deadline(&self) -> Option<Instant> {
+        self.awaiting_header
+            .as_ref()
+            .map(|awaiting| awaiting.deadline)
     }
 
     pub fn socket_mut(&mut self) -> &mut TcpStream {
@@ -225,8 +260,16 @@ impl Connection {
                 Err(e) => return Err(Fault::Io(e)),
             };
             turn.traffic.bytes_received += received as u64;
-            if !self.write_shut {
-                self.answer(received, turn)?;
+            let start = if self.awaiting_header.is_some() {
+                match self.take_header(received, turn)? {
+                    Some(start) => start,
+                    None => continue, // More of the header is to come.
+                }
+            } else {
+                0
+            };
+            if !self.write_shut && start < received {
+                self.answer(start, received, turn)?;
             }
             // Pausing one read early keeps unsent echo output within the high-water mark
             // itself, since the next read could add up to a buffer's worth.
@@ -290,15 +333,71 @@ impl Connection {
         Ok(())
     }
 
-    /// Frames `received` bytes of the shared read buffer and sends each answer.
-    fn answer(&mut self, received: usize, turn: &mut Turn<'_>) -> Result<(), Fault> {
+    /// Takes the PROXY header from what arrived (`received` bytes of the read buffer, after
+    /// what arrived before). Once it is complete, the connection is the client's from then
+    /// on, and the returned offset is where the client's own bytes start in the read buffer.
+    fn take_header(
+        &mut self,
+        received: usize,
+        turn: &mut Turn<'_>,
+    ) -> Result<Option<usize>, Fault> {
+        let Some(awaiting) = self.awaiting_header.as_mut() else {
+            return Ok(Some(0));
+        };
+        let before = awaiting.bytes.len();
+        let arrived = &turn.read_buffer[..received];
+        let parsed = if before == 0 {
+            proxy::parse(arrived)
+        } else {
+            let take = received.min(proxy::MAX_HEADER_BYTES.saturating_sub(before));
+            awaiting.bytes.extend_from_slice(&arrived[..take]);
+            proxy::parse(&awaiting.bytes)
+        };
+        match parsed {
+            proxy::Header::Incomplete => {
+                if before == 0 {
+                    let take = received.min(proxy::MAX_HEADER_BYTES);
+                    awaiting.bytes.extend_from_slice(&arrived[..take]);
+                }
+                Ok(None)
+            }
+            proxy::Header::Invalid(reason) => Err(Fault::ProxyHeader(reason)),
+            proxy::Header::Complete {
+                len,
+                client,
+                version,
+            } => {
+                self.awaiting_header = None;
+                let balancer = self.peer;
+                if let Some(client) = client {
+                    self.peer = client;
+                    log::debug!("{client}: connected through {balancer} (PROXY v{version})");
+                } else {
+                    log::debug!(
+                        "{balancer}: PROXY v{version} header without a client address (LOCAL, \
+                         as health checks send, or unknown); serving it as the balancer's"
+                    );
+                }
+                // Counted under its address before any of its bytes is answered.
+                if let Some(limit) = turn.addresses.as_deref_mut() {
+                    if !limit.admit(self.peer) {
+                        return Err(Fault::AddressLimit);
+                    }
+                }
+                Ok(Some(len - before))
+            }
+        }
+    }
+
+    /// Frames bytes `start..end` of the shared read buffer and sends each answer.
+    fn answer(&mut self, start: usize, end: usize, turn: &mut Turn<'_>) -> Result<(), Fault> {
         let max_line_bytes = turn.max_line_bytes;
         let long_lines_before = turn.traffic.long_lines;
         let (socket, output, in_long_line) =
             (&mut self.socket, &mut self.output, &mut self.in_long_line);
         let result = line::frame(
             &mut self.partial,
-            &turn.read_buffer[..received],
+            &turn.read_buffer[start..end],
             max_line_bytes,
             &mut |piece| {
                 // Runs of complete lines end in a newline; only a cut piece of a long line

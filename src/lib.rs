@@ -26,6 +26,7 @@ mod handler;
 mod idle;
 pub mod line;
 mod metrics;
+mod proxy;
 mod server;
 mod shutdown;
 mod table;

@@ -74,6 +74,11 @@ struct Cli {
     #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
     idle_timeout: f64,
 
+    /// Every connection begins with a PROXY protocol header (v1 or v2, as HAProxy's
+    /// send-proxy and send-proxy-v2 send it) naming the client; others are closed
+    #[arg(long)]
+    proxy_protocol: bool,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or a port alone for all
     /// addresses), from the same event loop
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
@@ -153,6 +158,7 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         listen: SocketAddr::new(cli.bind, port),
         reuse_port: cli.reuse_port,
         metrics: cli.metrics,
+        proxy_protocol: cli.proxy_protocol,
         max_line_bytes: cli.max_line_bytes,
         max_connections: cli.max_connections,
         max_connections_per_ip: (cli.max_connections_per_ip > 0)

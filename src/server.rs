@@ -215,6 +215,7 @@ impl Server {
             self.accept(now);
         }
         self.connections.expire_idle(self.poll.registry(), now);
+        self.connections.expire_headers(self.poll.registry(), now);
         if let Some(metrics) = self.metrics.as_mut() {
             metrics.expire(self.poll.registry(), now);
         }
@@ -234,6 +235,7 @@ impl Server {
         [
             self.acceptor.paused_until(),
             self.connections.next_idle_deadline(),
+            self.connections.next_header_deadline(),
             self.metrics
                 .as_ref()
                 .and_then(MetricsEndpoint::next_deadline),
@@ -291,7 +293,7 @@ impl Server {
         };
         let others_buffered = self.connections.budget().others(held);
         let buffer_budget = self.connections.budget().limit();
-        let Some(connection) = self.connections.get_mut(key) else {
+        let Some((connection, addresses)) = self.connections.turn_parts(key) else {
             return;
         };
         let mut turn = Turn {
@@ -304,6 +306,7 @@ impl Server {
             traffic: &mut self.traffic,
             others_buffered,
             buffer_budget,
+            addresses,
         };
         let result = catch_unwind(AssertUnwindSafe(|| {
             serve_connection(connection, &mut turn, readiness)

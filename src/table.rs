@@ -7,7 +7,7 @@
 //! leaves deregistered, unlinked and closed, with one log line naming the peer. Dropping a
 //! slab entry is how a faulty connection is isolated.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -16,6 +16,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
+use crate::accept::{suppressed_note, RateLimit};
 use crate::budget::BufferBudget;
 use crate::config::Config;
 use crate::connection::{Connection, Fault};
@@ -34,7 +35,11 @@ pub(crate) struct ConnectionTable {
     read_again: Vec<usize>,
     budget: BufferBudget,
     /// Connections per client address, kept only under `--max-connections-per-ip`.
-    per_address: Option<HashMap<IpAddr, usize>>,
+    per_address: Option<AddressLimit>,
+    /// With `--proxy-protocol`: how long a header may take, and the connections still
+    /// awaiting theirs in order of deadline (all wait equally long, so a queue suffices).
+    header_timeout: Option<Duration>,
+    awaiting_headers: VecDeque<(Instant, usize)>,
     closed: ClosedCounts,
 }
 
@@ -52,17 +57,26 @@ impl ConnectionTable {
             idle_timeout: config.idle_timeout,
             read_again: Vec::new(),
             budget: BufferBudget::new(config.max_buffered_bytes),
-            per_address: config.max_connections_per_ip.map(|_| HashMap::new()),
+            per_address: config.max_connections_per_ip.map(AddressLimit::new),
+            header_timeout: config.proxy_protocol.then_some(config.proxy_header_timeout),
+            awaiting_headers: VecDeque::new(),
             closed: ClosedCounts::default(),
         }
     }
 
     /// Connections from `ip` being served (0 when addresses are not counted).
     pub fn connections_at(&self, ip: IpAddr) -> usize {
-        self.per_address
-            .as_ref()
-            .and_then(|counts| counts.get(&ip).copied())
-            .unwrap_or(0)
+        self.per_address.as_ref().map_or(0, |limit| limit.count(ip))
+    }
+
+    /// A connection, with the per-address counts that its turn may need (a PROXY header
+    /// names its address only then).
+    pub fn turn_parts(
+        &mut self,
+        key: usize,
+    ) -> Option<(&mut Connection, Option<&mut AddressLimit>)> {
+        let connection = self.slab.get_mut(key)?;
+        Some((connection, self.per_address.as_mut()))
     }
 
     pub fn budget(&self) -> &BufferBudget {
@@ -183,9 +197,18 @@ impl ConnectionTable {
             self.closed.add(CloseReason::Error, 1);
             return None;
         }
-        entry.insert(Connection::new(socket, peer, now));
-        if let Some(counts) = self.per_address.as_mut() {
-            *counts.entry(peer.ip()).or_insert(0) += 1;
+        let connection = entry.insert(Connection::new(socket, peer, now));
+        match self.header_timeout {
+            Some(timeout) => {
+                // Its address is known once its header has come: counted then.
+                connection.expect_proxy_header(now + timeout);
+                self.awaiting_headers.push_back((now + timeout, key));
+            }
+            None => {
+                if let Some(limit) = self.per_address.as_mut() {
+                    limit.add(peer.ip());
+                }
+            }
         }
         if let Some(idle) = self.idle.as_mut() {
             idle.push_back(&mut self.slab, key, now);
@@ -233,6 +256,31 @@ impl ConnectionTable {
         !self.read_again.is_empty()
     }
 
+    /// When the first connection still awaiting its PROXY header must have it.
+    pub fn next_header_deadline(&self) -> Option<Instant> {
+        self.awaiting_headers.front().map(|&(deadline, _)| deadline)
+    }
+
+    /// Closes the connections whose PROXY header is not complete by its deadline.
+    pub fn expire_headers(&mut self, registry: &Registry, now: Instant) {
+        while let Some(&(deadline, key)) = self.awaiting_headers.front() {
+            if deadline > now {
+                return;
+            }
+            self.awaiting_headers.pop_front();
+            // The key may have been reused since, by a connection with a later deadline.
+            let still_waiting = self
+                .slab
+                .get(key)
+                .is_some_and(|c| c.header_deadline() == Some(deadline));
+            if still_waiting {
+                let timeout = self.header_timeout.unwrap_or_default();
+                let reason = format!("no complete PROXY protocol header within {timeout:?}");
+                self.close(registry, key, Ending::Fault(Fault::ProxyHeader(reason)));
+            }
+        }
+    }
+
     /// When the least recently active connection times out, if connections time out.
     pub fn next_idle_deadline(&self) -> Option<Instant> {
         let timeout = self.idle_timeout?;
@@ -267,14 +315,9 @@ impl ConnectionTable {
         let mut connection = self.slab.remove(key);
         self.closed.add(ending.reason(), 1);
         self.budget.adjust(connection.buffered_capacity(), 0);
-        if let Some(counts) = self.per_address.as_mut() {
-            let ip = connection.peer().ip();
-            if let Some(count) = counts.get_mut(&ip) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&ip);
-                }
-            }
+        // A connection still awaiting its PROXY header was never counted under an address.
+        if let (Some(limit), None) = (self.per_address.as_mut(), connection.header_deadline()) {
+            limit.remove(connection.peer().ip());
         }
         // Logged while the socket is still open: whoever sees the close can find the line.
         match ending {
@@ -291,6 +334,61 @@ impl ConnectionTable {
     }
 }
 
+/// Connections per client address, and the limit on them (`--max-connections-per-ip`).
+pub(crate) struct AddressLimit {
+    counts: HashMap<IpAddr, usize>,
+    limit: usize,
+    warning: RateLimit,
+}
+
+impl AddressLimit {
+    fn new(limit: usize) -> Self {
+        AddressLimit {
+            counts: HashMap::new(),
+            limit,
+            warning: RateLimit::default(),
+        }
+    }
+
+    fn count(&self, ip: IpAddr) -> usize {
+        self.counts.get(&ip).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, ip: IpAddr) -> usize {
+        let count = self.counts.entry(ip).or_insert(0);
+        *count += 1;
+        *count
+    }
+
+    fn remove(&mut self, ip: IpAddr) {
+        if let Some(count) = self.counts.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&ip);
+            }
+        }
+    }
+
+    /// Counts a connection under `peer`'s address, known only now (from a PROXY header);
+    /// false, with a rate-limited warning, if that takes the address over its limit. The
+    /// connection is counted either way: closing it uncounts it.
+    pub fn admit(&mut self, peer: SocketAddr) -> bool {
+        if self.add(peer.ip()) <= self.limit {
+            return true;
+        }
+        if let Some(suppressed) = self.warning.allow(Instant::now()) {
+            log::warn!(
+                "{} already holds {} connections (--max-connections-per-ip); closing the new \
+                 one from {peer}{}",
+                peer.ip(),
+                self.limit,
+                suppressed_note(suppressed)
+            );
+        }
+        false
+    }
+}
+
 /// How a connection ends: as expected, or through a fault.
 pub(crate) enum Ending {
     Quiet(CloseReason),
@@ -302,6 +400,8 @@ impl Ending {
         match self {
             Ending::Quiet(reason) => *reason,
             Ending::Fault(Fault::Io(_)) => CloseReason::Error,
+            Ending::Fault(Fault::ProxyHeader(_)) => CloseReason::ProxyHeader,
+            Ending::Fault(Fault::AddressLimit) => CloseReason::AddressLimit,
             Ending::Fault(Fault::Panicked {
                 in_handler: true, ..
             }) => CloseReason::HandlerPanic,
@@ -312,6 +412,10 @@ impl Ending {
 
 fn log_fault(peer: SocketAddr, fault: Fault) {
     match fault {
+        Fault::ProxyHeader(reason) => {
+            log::debug!("{peer}: {reason}; closing without echoing anything")
+        }
+        Fault::AddressLimit => log::debug!("{peer}: over --max-connections-per-ip; closed"),
         Fault::Io(e) if is_ordinary_disconnect(&e) => {
             log::debug!("{peer}: connection closed by the client: {e}")
         }

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Checks the files an operator copies from deploy/ with the tools that will read them:
-# systemd-analyze verify for the units (Debian's systemd package). The units name the
+# systemd-analyze verify for the units (Debian's systemd package), haproxy -c for the
+# HAProxy example (Debian's haproxy package). The units name the
 # installed path /usr/local/bin/kv_server; they are verified as copies pointing at the
 # binary just built, so nothing is installed on the machine running the check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v systemd-analyze >/dev/null || {
-    echo "deploy_checks.sh: missing systemd-analyze; install with: apt-get install -y systemd" >&2
-    exit 1
-}
+for tool in systemd-analyze haproxy; do
+    command -v "$tool" >/dev/null || {
+        echo "deploy_checks.sh: missing $tool; install with: apt-get install -y systemd haproxy" >&2
+        exit 1
+    }
+done
 cargo build --release --quiet
 binary="$PWD/target/release/kv_server"
 work="$(mktemp -d)"
@@ -30,5 +33,6 @@ verify_units() {
     if grep -E 'kv_server' <<<"$out"; then return 1; fi
 }
 check "systemd-analyze verify ${units[*]##*/}" verify_units
+check "haproxy -c -f deploy/haproxy.cfg" haproxy -q -c -f deploy/haproxy.cfg
 
 summary deploy_checks

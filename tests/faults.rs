@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::captured_log::captured_log;
 use common::{assert_echo, pattern, ServerProcess, TestServer};
 use kv_server::{Config, LineHandler};
 
@@ -154,33 +155,6 @@ impl LineHandler for PanicsOnRequest {
     }
 }
 
-/// Keeps every log record of this test process, so a test can check what was logged.
-struct CapturedLog(std::sync::Mutex<Vec<(log::Level, String)>>);
-
-impl log::Log for CapturedLog {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        self.0
-            .lock()
-            .unwrap()
-            .push((record.level(), record.args().to_string()));
-    }
-    fn flush(&self) {}
-}
-
-fn captured_log() -> &'static CapturedLog {
-    static LOG: std::sync::OnceLock<&'static CapturedLog> = std::sync::OnceLock::new();
-    LOG.get_or_init(|| {
-        let logger: &'static CapturedLog =
-            Box::leak(Box::new(CapturedLog(std::sync::Mutex::new(Vec::new()))));
-        log::set_logger(logger).unwrap();
-        log::set_max_level(log::LevelFilter::Debug);
-        logger
-    })
-}
-
 #[test]
 fn a_panicking_handler_ends_its_connection_alone() {
     let log = captured_log();
@@ -216,14 +190,7 @@ fn a_panicking_handler_ends_its_connection_alone() {
         common::closed_within(&mut victim, common::TIMEOUT),
         "the panicking connection is closed"
     );
-    let errors: Vec<String> = log
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(level, _)| *level == log::Level::Error)
-        .map(|(_, message)| message.clone())
-        .collect();
+    let errors = log.at(log::Level::Error);
     assert!(
         errors
             .iter()

@@ -357,26 +357,10 @@ fn shutdown_logs_a_summary_of_the_run() {
     assert!(server.wait_exit(Duration::from_secs(10)).success());
 }
 
-/// A tool from Debian's packages, or a skip with a message (never under CI).
-fn tool(name: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name} is missing; CI installs it"
-        );
-        eprintln!("skipped: {name} is not installed (apt-get install curl prometheus)");
-    }
-    found
-}
-
 #[test]
 fn curl_scrapes_what_promtool_accepts() {
-    if !tool("curl") || !tool("promtool") {
+    if !common::tool_installed("curl", "curl") || !common::tool_installed("promtool", "prometheus")
+    {
         return;
     }
     let server = ServerProcess::start(&["--metrics", "127.0.0.1:0"]);

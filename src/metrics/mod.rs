@@ -30,6 +30,8 @@ pub(crate) enum CloseReason {
     IdleEvicted,
     /// Held the most buffered bytes without progress when the buffer budget ran out.
     BufferBudget,
+    /// With `--proxy-protocol`, no valid header, or none complete in time.
+    ProxyHeader,
     /// The line handler panicked.
     HandlerPanic,
     /// Serving the connection panicked outside the handler.
@@ -41,7 +43,7 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::ClientClosed,
         CloseReason::Error,
         CloseReason::IdleTimeout,
@@ -49,6 +51,7 @@ impl CloseReason {
         CloseReason::AddressLimit,
         CloseReason::IdleEvicted,
         CloseReason::BufferBudget,
+        CloseReason::ProxyHeader,
         CloseReason::HandlerPanic,
         CloseReason::ServerPanic,
         CloseReason::Drained,
@@ -65,6 +68,7 @@ impl CloseReason {
             CloseReason::AddressLimit => "address_limit",
             CloseReason::IdleEvicted => "idle_evicted",
             CloseReason::BufferBudget => "buffer_budget",
+            CloseReason::ProxyHeader => "proxy_header",
             CloseReason::HandlerPanic => "handler_panic",
             CloseReason::ServerPanic => "server_panic",
             CloseReason::Drained => "shutdown_drained",

@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+pub mod captured_log;
 pub mod churn;
 pub mod crowd;
 
@@ -359,6 +360,24 @@ pub fn socket_activated_as(
         });
     }
     command
+}
+
+/// Whether an outside tool from Debian's packages is installed; when it is not, a test
+/// that needs it says so and skips, except under CI, which installs it (then it fails).
+pub fn tool_installed(name: &str, package: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is missing; CI installs it (apt-get install {package})"
+        );
+        eprintln!("skipped: {name} is not installed (apt-get install {package})");
+    }
+    found
 }
 
 pub fn raise_fd_limit() {

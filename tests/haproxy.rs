@@ -1,0 +1,270 @@
+//! kv_server behind Debian's HAProxy: PROXY protocol v2 with `tcp-check` health checks, 200
+//! clients from their own addresses, health checks without the PROXY protocol, and a
+//! rolling restart of the instances under load. Skipped (with a message) where haproxy is
+//! not installed, except under CI, which installs it.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::churn::Churn;
+use common::crowd::{connect_from, source_address};
+use common::{assert_echo, ServerProcess};
+
+fn haproxy_installed() -> bool {
+    common::tool_installed("haproxy", "haproxy")
+}
+
+/// HAProxy in the foreground with deploy/haproxy.cfg's settings, its frontend on a free
+/// port, its two servers at `servers`, checks every 100 ms, a stats socket to ask.
+struct Haproxy {
+    child: Child,
+    dir: PathBuf,
+    frontend: SocketAddr,
+}
+
+impl Haproxy {
+    fn start(servers: [SocketAddr; 2], proxy_protocol: bool) -> Haproxy {
+        let dir = std::env::temp_dir().join(format!(
+            "kv-haproxy-{}-{}",
+            std::process::id(),
+            servers[0].port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let frontend = free_port();
+        let example = std::fs::read_to_string("deploy/haproxy.cfg").unwrap();
+        let mut config = String::new();
+        for line in example.lines() {
+            let line = match line.trim_start() {
+                l if l.starts_with("bind ") => format!("    bind {frontend}"),
+                l if l.starts_with("server kv1") => format!("    server kv1 {}", servers[0]),
+                l if l.starts_with("server kv2") => format!("    server kv2 {}", servers[1]),
+                l if l.starts_with("default-server") => {
+                    let proxy = if proxy_protocol {
+                        "send-proxy-v2 check-send-proxy "
+                    } else {
+                        ""
+                    };
+                    format!("    default-server {proxy}check inter 100ms fall 1 rise 1")
+                }
+                l if l.starts_with("log stderr") => {
+                    "    log stderr format raw local0 err".to_owned()
+                }
+                _ => line.to_owned(),
+            };
+            config.push_str(&line);
+            config.push('\n');
+            if line == "global" {
+                let socket = dir.join("stats.sock");
+                config.push_str(&format!(
+                    "    stats socket {} mode 600 level admin\n",
+                    socket.display()
+                ));
+            }
+        }
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("haproxy")
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // Its notices of servers going DOWN and UP are expected here; the stats socket
+            // is what the tests read.
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start haproxy");
+        let haproxy = Haproxy {
+            child,
+            dir,
+            frontend,
+        };
+        haproxy.wait_until_up(&["kv1", "kv2"]);
+        haproxy
+    }
+
+    /// `show stat` on the stats socket: (server name, status, last check) per server.
+    fn servers(&self) -> Option<Vec<(String, String, String)>> {
+        let mut socket = UnixStream::connect(self.dir.join("stats.sock")).ok()?;
+        socket.write_all(b"show stat\n").ok()?;
+        let mut csv = String::new();
+        socket.read_to_string(&mut csv).ok()?;
+        Some(
+            csv.lines()
+                .filter(|line| line.starts_with("kv_servers,kv"))
+                .map(|line| {
+                    let fields: Vec<&str> = line.split(',').collect();
+                    (
+                        fields[1].to_owned(),
+                        fields[17].to_owned(),
+                        fields[36].to_owned(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits until HAProxy's health checks mark every one of `names` UP with a passed
+    /// layer-7 check (the echo came back).
+    fn wait_until_up(&self, names: &[&str]) {
+        let deadline = Instant::now() + common::TIMEOUT;
+        loop {
+            let servers = self.servers().unwrap_or_default();
+            let up = names.iter().all(|name| {
+                servers
+                    .iter()
+                    .any(|(n, status, check)| n == name && status == "UP" && check == "L7OK")
+            });
+            if up {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not UP in time: {servers:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn instance(port: u16, proxy_protocol: bool) -> ServerProcess {
+    let port = port.to_string();
+    let mut args = vec!["--port", port.as_str(), "--log-level", "debug"];
+    if proxy_protocol {
+        args.push("--proxy-protocol");
+    }
+    ServerProcess::start(&args)
+}
+
+/// The client addresses an instance's log names as connected through the balancer, until
+/// `until` of them are counted across `instances`.
+fn clients_logged(instances: &[&ServerProcess], until: usize) -> Vec<HashSet<IpAddr>> {
+    let mut seen: Vec<HashSet<IpAddr>> = vec![HashSet::new(); instances.len()];
+    let deadline = Instant::now() + common::TIMEOUT;
+    while seen.iter().map(HashSet::len).sum::<usize>() < until {
+        assert!(Instant::now() < deadline, "only {seen:?} in the logs");
+        for (index, server) in instances.iter().enumerate() {
+            while let Ok(line) = server.log.recv_timeout(Duration::from_millis(10)) {
+                if let Some((addr, _)) = line.split_once(": connected through ") {
+                    let addr = addr.rsplit(' ').next().unwrap();
+                    seen[index].insert(addr.parse::<SocketAddr>().unwrap().ip());
+                }
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn through_haproxy_with_proxy_v2_every_client_is_served_under_its_own_address() {
+    if !haproxy_installed() {
+        return;
+    }
+    let (kv1, kv2) = (instance(0, true), instance(0, true));
+    let haproxy = Haproxy::start([kv1.addr(), kv2.addr()], true);
+    std::thread::scope(|scope| {
+        for n in 0..200 {
+            let frontend = haproxy.frontend;
+            scope.spawn(move || {
+                let mut client = connect_from(source_address(n), frontend, false);
+                client.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+                for line in 0..10 {
+                    assert_echo(
+                        &mut client,
+                        format!("client {n} line {line}\r\n").as_bytes(),
+                    );
+                }
+            });
+        }
+    });
+    let seen = clients_logged(&[&kv1, &kv2], 200);
+    let expected: HashSet<IpAddr> = (0..200).map(source_address).collect();
+    assert_eq!(
+        &seen[0] | &seen[1],
+        expected,
+        "the logs name every client's own address"
+    );
+    assert!(
+        !seen[0].is_empty() && !seen[1].is_empty(),
+        "both instances served some"
+    );
+    haproxy.wait_until_up(&["kv1", "kv2"]);
+}
+
+#[test]
+fn tcp_check_works_without_the_proxy_protocol_too() {
+    if !haproxy_installed() {
+        return;
+    }
+    let (kv1, kv2) = (instance(0, false), instance(0, false));
+    let haproxy = Haproxy::start([kv1.addr(), kv2.addr()], false);
+    let mut client = common::connect(haproxy.frontend);
+    assert_echo(&mut client, b"plain\n");
+}
+
+#[test]
+fn a_rolling_restart_through_haproxy_loses_no_line() {
+    if !haproxy_installed() {
+        return;
+    }
+    let mut instances = [instance(0, true), instance(0, true)];
+    let ports = [instances[0].port, instances[1].port];
+    let haproxy = Haproxy::start([instances[0].addr(), instances[1].addr()], true);
+    let churn = Churn::start(haproxy.frontend, 8, 20);
+    for round in 0..2 {
+        for which in 0..2 {
+            churn.wait_for_echoes(200);
+            // One instance drains and comes back while the other serves.
+            instances[which].signal(libc::SIGTERM);
+            assert!(
+                instances[which]
+                    .wait_exit(Duration::from_secs(10))
+                    .success(),
+                "round {round}"
+            );
+            instances[which] = instance(ports[which], true);
+            haproxy.wait_until_up(&["kv1", "kv2"]);
+        }
+    }
+    churn.wait_for_echoes(200);
+    let tally = churn.stop();
+    println!("4 rolling restarts through HAProxy: {tally:?}");
+    assert_eq!(tally.lost, 0, "{tally:?}");
+    assert_eq!(tally.resets, 0, "{tally:?}");
+}
+
+/// The example configuration as shipped passes HAProxy's own check.
+#[test]
+fn the_example_configuration_is_valid() {
+    if !haproxy_installed() {
+        return;
+    }
+    let output = Command::new("haproxy")
+        .args(["-c", "-f"])
+        .arg(Path::new("deploy/haproxy.cfg"))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
