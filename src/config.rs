@@ -66,6 +66,9 @@ pub struct Config {
     pub proxy_protocol: bool,
     /// How long a connection may take to send its PROXY protocol header.
     pub proxy_header_timeout: Duration,
+    /// Every connection speaks the telnet protocol: commands are taken out of its input,
+    /// options negotiated, 0xFF escaped in its echoes.
+    pub telnet: bool,
     /// Where to serve `GET /metrics` (Prometheus); `None` serves no metrics.
     pub metrics: Option<SocketAddr>,
     /// How long a metrics scraper may take to send a request or to take its answer.
@@ -88,6 +91,7 @@ impl Default for Config {
             output_low_water: DEFAULT_OUTPUT_LOW_WATER,
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
             proxy_protocol: false,
+            telnet: false,
             proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
             metrics: None,
             metrics_timeout: DEFAULT_METRICS_TIMEOUT,

@@ -11,6 +11,7 @@
 use std::any::Any;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -22,6 +23,7 @@ use crate::line;
 use crate::metrics::Traffic;
 use crate::proxy;
 use crate::table::AddressLimit;
+use crate::telnet::{self, Piece, Telnet};
 
 /// Reads one connection may make per readiness event before the reactor serves the others:
 /// a client that floods a fast loopback link must not starve everyone else.
@@ -114,6 +116,11 @@ pub(crate) struct Connection {
     /// With `--proxy-protocol`, until the header has arrived: what has of it. Boxed, so
     /// that a connection without it pays one pointer.
     awaiting_header: Option<Box<AwaitingHeader>>,
+    /// With `--telnet`: the protocol layer between the socket and the framing. Boxed, so
+    /// that a connection without it pays one pointer.
+    telnet: Option<Box<TelnetLayer>>,
+    /// With `--telnet`, every 0xFF of an echo goes out doubled (IAC IAC).
+    escapes_iac: bool,
     /// Already waiting in the reactor's list of connections to read again.
     pub read_queued: bool,
     idle: IdleLinks,
@@ -126,6 +133,22 @@ impl Linked for Connection {
     fn links_mut(&mut self) -> &mut IdleLinks {
         &mut self.idle
     }
+}
+
+/// The telnet decoder, and what one read of it found, kept between reads to reuse their
+/// allocations.
+struct TelnetLayer {
+    decoder: Telnet,
+    pieces: Vec<TelnetPiece>,
+    replies: Vec<u8>,
+}
+
+/// A piece of decoded telnet input, its ranges into the read or into `replies`.
+enum TelnetPiece {
+    Data(Range<usize>),
+    Reply(Range<usize>),
+    DiscardLine,
+    EraseCharacter,
 }
 
 /// A connection's first bytes while its PROXY protocol header is incomplete.
@@ -152,6 +175,8 @@ impl Connection {
             progressed: false,
             budget_paused: false,
             awaiting_header: None,
+            telnet: None,
+            escapes_iac: false,
             read_queued: false,
             idle: IdleLinks::new(now),
         }
@@ -168,6 +193,20 @@ impl Connection {
             bytes: Vec::new(),
             deadline,
         }));
+    }
+
+    /// From now on the connection speaks telnet: its input is decoded before framing and
+    /// its echoes escaped. Sends the server's offers (BINARY, SUPPRESS-GO-AHEAD) at once.
+    pub fn speak_telnet(&mut self, traffic: &mut Traffic) -> io::Result<()> {
+        let (decoder, offers) = Telnet::new();
+        self.telnet = Some(Box::new(TelnetLayer {
+            decoder,
+            pieces: Vec::new(),
+            replies: Vec::new(),
+        }));
+        self.escapes_iac = true;
+        traffic.bytes_sent += self.output.send(&mut self.socket, &offers)? as u64;
+        Ok(())
     }
 
     /// When its PROXY header must be complete, while it is still awaited.
@@ -269,7 +308,11 @@ impl Connection {
                 0
             };
             if !self.write_shut && start < received {
-                self.answer(start, received, turn)?;
+                if self.telnet.is_some() {
+                    self.answer_telnet(start, received, turn)?;
+                } else {
+                    self.answer(start, received, turn)?;
+                }
             }
             // Pausing one read early keeps unsent echo output within the high-water mark
             // itself, since the next read could add up to a buffer's worth.
@@ -389,10 +432,80 @@ impl Connection {
         }
     }
 
+    /// Decodes bytes `start..end` of the read buffer as telnet, then acts on what they hold
+    /// in order: data is framed and echoed, replies sent, the unfinished line edited.
+    fn answer_telnet(
+        &mut self,
+        start: usize,
+        end: usize,
+        turn: &mut Turn<'_>,
+    ) -> Result<(), Fault> {
+        let Some(mut layer) = self.telnet.take() else {
+            return self.answer(start, end, turn);
+        };
+        layer.pieces.clear();
+        layer.replies.clear();
+        let TelnetLayer {
+            decoder,
+            pieces,
+            replies,
+        } = &mut *layer;
+        let decoded = decoder.decode::<std::convert::Infallible>(
+            &turn.read_buffer[start..end],
+            &mut |piece| {
+                pieces.push(match piece {
+                    Piece::Data(range) => TelnetPiece::Data(start + range.start..start + range.end),
+                    Piece::Reply(bytes) => {
+                        replies.extend_from_slice(bytes);
+                        TelnetPiece::Reply(replies.len() - bytes.len()..replies.len())
+                    }
+                    Piece::DiscardLine | Piece::EraseLine => TelnetPiece::DiscardLine,
+                    Piece::EraseCharacter => TelnetPiece::EraseCharacter,
+                });
+                Ok(())
+            },
+        );
+        let mut result = match decoded {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(telnet::SubnegotiationTooLong)) => Err(Fault::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "telnet sub-negotiation longer than {} bytes",
+                    telnet::MAX_SUBNEGOTIATION_BYTES
+                ),
+            ))),
+            Err(never) => match never {},
+        };
+        for piece in &layer.pieces {
+            if result.is_err() {
+                break;
+            }
+            result = match piece {
+                TelnetPiece::Data(range) => self.answer(range.start, range.end, turn),
+                TelnetPiece::Reply(range) => self
+                    .output
+                    .send(&mut self.socket, &layer.replies[range.clone()])
+                    .map(|sent| turn.traffic.bytes_sent += sent as u64)
+                    .map_err(Fault::Io),
+                TelnetPiece::DiscardLine => {
+                    self.partial = Vec::new();
+                    Ok(())
+                }
+                TelnetPiece::EraseCharacter => {
+                    self.partial.pop();
+                    Ok(())
+                }
+            };
+        }
+        self.telnet = Some(layer);
+        result
+    }
+
     /// Frames bytes `start..end` of the shared read buffer and sends each answer.
     fn answer(&mut self, start: usize, end: usize, turn: &mut Turn<'_>) -> Result<(), Fault> {
         let max_line_bytes = turn.max_line_bytes;
         let long_lines_before = turn.traffic.long_lines;
+        let escapes_iac = self.escapes_iac;
         let (socket, output, in_long_line) =
             (&mut self.socket, &mut self.output, &mut self.in_long_line);
         let result = line::frame(
@@ -408,6 +521,12 @@ impl Connection {
                 }
                 *in_long_line = cut;
                 let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+                let mut escaped = Vec::new();
+                let answer = if escapes_iac {
+                    telnet::escape(answer, &mut escaped)
+                } else {
+                    answer
+                };
                 turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
                 Ok(())
             },
@@ -424,9 +543,15 @@ impl Connection {
 
     /// Answers the unfinished last line when no more input will follow it.
     fn answer_tail(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
-        let (socket, output) = (&mut self.socket, &mut self.output);
+        let (socket, output, escapes_iac) = (&mut self.socket, &mut self.output, self.escapes_iac);
         line::finish(&mut self.partial, &mut |piece| {
             let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+            let mut escaped = Vec::new();
+            let answer = if escapes_iac {
+                telnet::escape(answer, &mut escaped)
+            } else {
+                answer
+            };
             turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
             Ok(())
         })

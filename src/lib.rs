@@ -30,6 +30,7 @@ mod proxy;
 mod server;
 mod shutdown;
 mod table;
+mod telnet;
 
 pub use accept::listener_from_service_manager;
 pub use config::{Config, ConfigError};

@@ -79,6 +79,11 @@ struct Cli {
     #[arg(long)]
     proxy_protocol: bool,
 
+    /// Speak the telnet protocol, so that a stock telnet client works as a person expects:
+    /// Ctrl-C, 8-bit text such as UTF-8, Are You There
+    #[arg(long)]
+    telnet: bool,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or a port alone for all
     /// addresses), from the same event loop
     #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
@@ -159,6 +164,7 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         reuse_port: cli.reuse_port,
         metrics: cli.metrics,
         proxy_protocol: cli.proxy_protocol,
+        telnet: cli.telnet,
         max_line_bytes: cli.max_line_bytes,
         max_connections: cli.max_connections,
         max_connections_per_ip: (cli.max_connections_per_ip > 0)

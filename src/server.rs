@@ -278,9 +278,16 @@ impl Server {
         let Some(key) = self.connections.insert(registry, socket, peer, now) else {
             return;
         };
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
         if self.shutdown.is_draining() {
-            if let Some(connection) = self.connections.get_mut(key) {
-                connection.begin_drain();
+            connection.begin_drain();
+        }
+        if self.config.telnet {
+            if let Err(e) = connection.speak_telnet(&mut self.traffic) {
+                self.connections
+                    .close(self.poll.registry(), key, Ending::Fault(Fault::Io(e)));
             }
         }
     }

@@ -32,6 +32,14 @@ grep -q "Accepting connections on port $port" "$log" || { cat "$log" >&2; exit 1
 # shellcheck source=tests/checks.sh
 source tests/checks.sh
 
+# Waits (10 s at most) for a line containing $2 in the log file $1.
+wait_for_line() {
+    for _ in $(seq 100); do
+        grep -q "$2" "$1" && return
+        sleep 0.1
+    done
+}
+
 # Two telnet sessions open at once; the second types while the first sits idle, then the
 # first types too. Each must see its own line echoed (telnet sends CRLF).
 two_telnets() {
@@ -93,10 +101,7 @@ socket_activation() {
     systemd-socket-activate -l "127.0.0.1:$activated_port" ./target/release/kv_server \
         2>"$activation_log" &
     local activated=$!
-    for _ in $(seq 100); do
-        grep -q "Listening on" "$activation_log" && break
-        sleep 0.1
-    done
+    wait_for_line "$activation_log" "Listening on"
     got="$(printf 'first client, via nc\r\n' | nc -N -w 5 127.0.0.1 "$activated_port" | od -An -c | tr -s ' ')"
     local ok=0
     [[ "$got" == "$(printf 'first client, via nc\r\n' | od -An -c | tr -s ' ')" ]] || { echo "nc got: $got"; ok=1; }
@@ -120,9 +125,50 @@ EXPECT
     return "$ok"
 }
 
+# --telnet: a stock client in its default mode. The server offers BINARY, so 8-bit text
+# such as UTF-8 comes back as typed; Ctrl-C (IAC IP, IAC DO TIMING-MARK) is answered, so the
+# next line is echoed; Are You There gets an answer. In BINARY mode the client writes the
+# echoed lines to a terminal it has set up for raw output: lines end in \r*\n there.
+telnet_mode() {
+    local telnet_port=$((port + 2)) telnet_log
+    telnet_log="$(mktemp)"
+    ./target/release/kv_server --bind 127.0.0.1 --port "$telnet_port" --telnet 2>"$telnet_log" &
+    local server_pid=$!
+    wait_for_line "$telnet_log" "Accepting connections"
+    local ok=0
+    expect -f - "$telnet_port" <<'EXPECT' || ok=1
+set timeout 10
+spawn telnet 127.0.0.1 [lindex $argv 0]
+expect "Escape character is" {} timeout { puts "telnet did not connect"; exit 1 }
+send "plain first\r"
+expect -re "plain first\r*\n.*plain first\r*\n" {} timeout { puts "no echo of a plain line"; exit 1 }
+send "héllo wörld ✓\r"
+expect -re "héllo wörld ✓\r*\n.*héllo wörld ✓\r*\n" {} timeout { puts "UTF-8 not echoed as typed"; exit 1 }
+send "half a line then Ctrl-C"
+send "\003"
+send "after ctrl-c\r"
+expect -re "after ctrl-c\r*\n.*after ctrl-c\r*\n" {} timeout { puts "no echo after Ctrl-C"; exit 1 }
+send "\035"
+expect "telnet>"
+send "send ayt\r"
+expect "kv_server: yes" {} timeout { puts "no answer to Are You There"; exit 1 }
+send "back again\r"
+expect -re "back again\r*\n.*back again\r*\n" {} timeout { puts "no echo after AYT"; exit 1 }
+send "\035"
+expect "telnet>"
+send "quit\r"
+expect eof
+EXPECT
+    kill -TERM "$server_pid" 2>/dev/null
+    wait "$server_pid" || { echo "the --telnet server did not exit cleanly"; ok=1; }
+    rm -f "$telnet_log"
+    return "$ok"
+}
+
 check "two telnet sessions at once, each echoed" two_telnets
 check "nc: lines, CRLF and a half-closed tail" netcat_lines
 check "nc: 20 MB of lines, then half-close, all back" netcat_bulk
 check "systemd-socket-activate: started by nc's connection, then telnet" socket_activation
+check "--telnet: UTF-8 as typed, Ctrl-C then a line, Are You There, quit" telnet_mode
 
 summary real_clients
