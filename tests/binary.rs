@@ -210,6 +210,16 @@ fn restart_right_after_a_stop_binds_the_same_port() {
 }
 
 #[test]
+fn the_load_generator_describes_itself() {
+    let output = kv_load().arg("--help").output().unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        help.starts_with("Drives a line echo server and verifies every byte it echoes"),
+        "{help}"
+    );
+}
+
+#[test]
 fn the_load_generator_checks_every_echoed_byte() {
     let server = ServerProcess::start(&[]);
     let addr = server.addr().to_string();

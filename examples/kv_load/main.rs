@@ -28,7 +28,7 @@ use mio::{Events, Interest, Poll, Token};
 
 /// Drives a line echo server and verifies every byte it echoes.
 #[derive(Debug, Parser)]
-#[command(name = "kv_load", version, about, long_about = None)]
+#[command(name = "kv_load", version)]
 struct Args {
     /// Server address
     #[arg(long, default_value = "127.0.0.1:4040")]
