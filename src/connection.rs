@@ -521,13 +521,7 @@ impl Connection {
                 }
                 *in_long_line = cut;
                 let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
-                let mut escaped = Vec::new();
-                let answer = if escapes_iac {
-                    telnet::escape(answer, &mut escaped)
-                } else {
-                    answer
-                };
-                turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
+                turn.traffic.bytes_sent += output.send_answer(socket, answer, escapes_iac)? as u64;
                 Ok(())
             },
         );
@@ -546,13 +540,7 @@ impl Connection {
         let (socket, output, escapes_iac) = (&mut self.socket, &mut self.output, self.escapes_iac);
         line::finish(&mut self.partial, &mut |piece| {
             let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
-            let mut escaped = Vec::new();
-            let answer = if escapes_iac {
-                telnet::escape(answer, &mut escaped)
-            } else {
-                answer
-            };
-            turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
+            turn.traffic.bytes_sent += output.send_answer(socket, answer, escapes_iac)? as u64;
             Ok(())
         })
     }
@@ -610,6 +598,22 @@ impl OutputBuffer {
             self.bytes.extend_from_slice(&answer[sent..]);
         }
         Ok(sent)
+    }
+
+    /// Sends a handler's answer as [`OutputBuffer::send`] does, with every 0xFF doubled
+    /// first when the connection speaks telnet (copied only if it holds one).
+    fn send_answer(
+        &mut self,
+        socket: &mut TcpStream,
+        answer: &[u8],
+        escapes_iac: bool,
+    ) -> io::Result<usize> {
+        if !escapes_iac {
+            return self.send(socket, answer);
+        }
+        let mut escaped = Vec::new();
+        let answer = telnet::escape(answer, &mut escaped);
+        self.send(socket, answer)
     }
 
     /// Sends what is queued, as far as the socket takes it; releases the buffer once empty.
