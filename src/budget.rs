@@ -17,9 +17,10 @@ use crate::connection::Connection;
 /// Once over the budget, evictions go on until the total is this fraction of it, so that
 /// one look at the table buys room for many more reads.
 const LOW_MARK_EIGHTHS: usize = 7;
-/// After a look at the table that could not bring the total under the low mark (the holders
-/// were all making progress), the next look waits this long: a look costs a pass over every
-/// connection, and it must not come with every request.
+/// After a look made only to find room (the total within the budget) that could not bring
+/// the total under the low mark, the holders all making progress, the next such look waits
+/// this long: a look costs a pass over every connection, and it must not come with every
+/// request. A look for a total over the budget never falls short, so it never repeats so.
 const RESCAN_DELAY: Duration = Duration::from_millis(5);
 
 pub(crate) struct BufferBudget {
@@ -81,42 +82,49 @@ impl BufferBudget {
         std::mem::take(&mut self.waiting)
     }
 
-    /// Whether to look for connections to close now: the total is over the budget, or a
-    /// connection that holds no unsent output is waiting for room (it would read if there
-    /// were any), and the last look did not just fall short.
+    /// Whether to look for connections to close now: always when the total is over the
+    /// budget; when only a connection that holds no unsent output waits for room (it would
+    /// read if there were any), not again right after a look that fell short.
     pub fn should_look(&self, room_wanted: bool, now: Instant) -> bool {
-        (self.is_over() || room_wanted) && self.quiet_until.is_none_or(|until| now >= until)
+        self.is_over() || (room_wanted && self.quiet_until.is_none_or(|until| now >= until))
     }
 
     /// The connections to close to bring the total under the low mark: those holding the
     /// most whose output has not moved since the last look (every connection's progress
-    /// mark is reset here), never `spared`. Returns them with the capacity each frees.
+    /// mark is reset here), never `spared`. When the total is over the budget and those are
+    /// not enough, the largest holders follow regardless of progress: the bound comes
+    /// first. Returns them with the capacity each frees.
     pub fn choose_evictions(
         &mut self,
         connections: &mut Slab<Connection>,
         spared: usize,
         now: Instant,
     ) -> Vec<(usize, usize)> {
-        let mut candidates: Vec<(usize, usize)> = connections
+        let strict = self.is_over();
+        // (key, held, progressed): the idle ones first, then by size.
+        let mut candidates: Vec<(usize, usize, bool)> = connections
             .iter_mut()
             .filter_map(|(key, connection)| {
                 let progressed = connection.take_progress();
                 let held = connection.buffered_capacity();
-                (key != spared && held > 0 && !progressed).then_some((key, held))
+                (key != spared && held > 0 && (strict || !progressed))
+                    .then_some((key, held, progressed))
             })
             .collect();
-        candidates.sort_unstable_by_key(|&(_, held)| std::cmp::Reverse(held));
+        candidates
+            .sort_unstable_by_key(|&(_, held, progressed)| (progressed, std::cmp::Reverse(held)));
         let mut total = self.total;
         let target = self.low_mark();
         let chosen: Vec<(usize, usize)> = candidates
             .into_iter()
-            .take_while(|&(_, held)| {
+            .take_while(|&(_, held, _)| {
                 let needed = total > target;
                 if needed {
                     total -= held;
                 }
                 needed
             })
+            .map(|(key, held, _)| (key, held))
             .collect();
         self.quiet_until = (total > target).then_some(now + RESCAN_DELAY);
         chosen

@@ -109,8 +109,8 @@ impl ConnectionTable {
         let evictions = self.budget.choose_evictions(&mut self.slab, spared, now);
         for (key, held) in evictions {
             log::warn!(
-                "{}: holds {held} buffered bytes without progress while all connections' \
-                 buffers are over --max-buffered-bytes ({}); closing it",
+                "{}: holds {held} buffered bytes, the most, while all connections' buffers \
+                 are over --max-buffered-bytes ({}); closing it",
                 self.slab[key].peer(),
                 self.budget.limit()
             );
