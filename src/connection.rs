@@ -119,8 +119,6 @@ pub(crate) struct Connection {
     /// With `--telnet`: the protocol layer between the socket and the framing. Boxed, so
     /// that a connection without it pays one pointer.
     telnet: Option<Box<TelnetLayer>>,
-    /// With `--telnet`, every 0xFF of an echo goes out doubled (IAC IAC).
-    escapes_iac: bool,
     /// Already waiting in the reactor's list of connections to read again.
     pub read_queued: bool,
     idle: IdleLinks,
@@ -176,7 +174,6 @@ impl Connection {
             budget_paused: false,
             awaiting_header: None,
             telnet: None,
-            escapes_iac: false,
             read_queued: false,
             idle: IdleLinks::new(now),
         }
@@ -204,7 +201,6 @@ impl Connection {
             pieces: Vec::new(),
             replies: Vec::new(),
         }));
-        self.escapes_iac = true;
         traffic.bytes_sent += self.output.send(&mut self.socket, &offers)? as u64;
         Ok(())
     }
@@ -302,7 +298,8 @@ impl Connection {
             let start = if self.awaiting_header.is_some() {
                 match self.take_header(received, turn)? {
                     Some(start) => start,
-                    None => continue, // More of the header is to come.
+                    // More of the header is to come: nothing to answer yet.
+                    None => received,
                 }
             } else {
                 0
@@ -440,7 +437,7 @@ impl Connection {
         end: usize,
         turn: &mut Turn<'_>,
     ) -> Result<(), Fault> {
-        let Some(mut layer) = self.telnet.take() else {
+        let Some(layer) = self.telnet.as_deref_mut() else {
             return self.answer(start, end, turn);
         };
         layer.pieces.clear();
@@ -449,7 +446,7 @@ impl Connection {
             decoder,
             pieces,
             replies,
-        } = &mut *layer;
+        } = layer;
         let decoded = decoder.decode::<std::convert::Infallible>(
             &turn.read_buffer[start..end],
             &mut |piece| {
@@ -465,6 +462,9 @@ impl Connection {
                 Ok(())
             },
         );
+        // Acting on a piece needs the whole connection: the lists step out meanwhile.
+        let pieces = std::mem::take(pieces);
+        let replies = std::mem::take(replies);
         let mut result = match decoded {
             Ok(Ok(())) => Ok(()),
             Ok(Err(telnet::SubnegotiationTooLong)) => Err(Fault::Io(io::Error::new(
@@ -476,7 +476,7 @@ impl Connection {
             ))),
             Err(never) => match never {},
         };
-        for piece in &layer.pieces {
+        for piece in &pieces {
             if result.is_err() {
                 break;
             }
@@ -484,7 +484,7 @@ impl Connection {
                 TelnetPiece::Data(range) => self.answer(range.start, range.end, turn),
                 TelnetPiece::Reply(range) => self
                     .output
-                    .send(&mut self.socket, &layer.replies[range.clone()])
+                    .send(&mut self.socket, &replies[range.clone()])
                     .map(|sent| turn.traffic.bytes_sent += sent as u64)
                     .map_err(Fault::Io),
                 TelnetPiece::DiscardLine => {
@@ -497,7 +497,9 @@ impl Connection {
                 }
             };
         }
-        self.telnet = Some(layer);
+        if let Some(layer) = self.telnet.as_deref_mut() {
+            (layer.pieces, layer.replies) = (pieces, replies);
+        }
         result
     }
 
@@ -505,7 +507,8 @@ impl Connection {
     fn answer(&mut self, start: usize, end: usize, turn: &mut Turn<'_>) -> Result<(), Fault> {
         let max_line_bytes = turn.max_line_bytes;
         let long_lines_before = turn.traffic.long_lines;
-        let escapes_iac = self.escapes_iac;
+        // With telnet, every 0xFF of an echo goes out doubled (IAC IAC).
+        let escapes_iac = self.telnet.is_some();
         let (socket, output, in_long_line) =
             (&mut self.socket, &mut self.output, &mut self.in_long_line);
         let result = line::frame(
@@ -537,7 +540,8 @@ impl Connection {
 
     /// Answers the unfinished last line when no more input will follow it.
     fn answer_tail(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
-        let (socket, output, escapes_iac) = (&mut self.socket, &mut self.output, self.escapes_iac);
+        let escapes_iac = self.telnet.is_some();
+        let (socket, output) = (&mut self.socket, &mut self.output);
         line::finish(&mut self.partial, &mut |piece| {
             let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
             turn.traffic.bytes_sent += output.send_answer(socket, answer, escapes_iac)? as u64;

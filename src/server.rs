@@ -23,7 +23,7 @@ use crate::handler::{Echo, LineHandler};
 use crate::metrics::endpoint::MetricsEndpoint;
 use crate::metrics::{CloseReason, Snapshot, Traffic};
 use crate::shutdown::{ServiceManager, Shutdown, ShutdownHandle, Stopped};
-use crate::table::{ConnectionTable, Ending};
+use crate::table::{ConnectionTable, Ending, TurnParts};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -295,13 +295,15 @@ impl Server {
     /// Handles readiness on one connection, and drops it if it finished or failed. A panic
     /// anywhere in here ends this connection alone.
     fn serve(&mut self, key: usize, readiness: Readiness, now: Instant) {
-        let Some(held) = self.connections.get_mut(key).map(|c| c.buffered_capacity()) else {
+        let Some(TurnParts {
+            connection,
+            addresses,
+            held,
+            others_buffered,
+            buffer_budget,
+        }) = self.connections.turn_parts(key)
+        else {
             return; // A stale event for a connection closed earlier in this turn.
-        };
-        let others_buffered = self.connections.budget().others(held);
-        let buffer_budget = self.connections.budget().limit();
-        let Some((connection, addresses)) = self.connections.turn_parts(key) else {
-            return;
         };
         let mut turn = Turn {
             read_buffer: &mut self.read_buffer,
@@ -335,7 +337,8 @@ impl Server {
         // Waiting with no echoes unsent: only room in the budget lets it go on.
         let room_wanted = over_budget && connection.pending_output() == 0;
         // Accounted while the connection is still in the table: closing it settles the rest.
-        self.connections.account(key, held, over_budget);
+        let after = connection.buffered_capacity();
+        self.connections.account(key, held, after, over_budget);
         let registry = self.poll.registry();
         match outcome {
             Err(fault) => self.connections.close(registry, key, Ending::Fault(fault)),

@@ -69,24 +69,23 @@ impl ConnectionTable {
         self.per_address.as_ref().map_or(0, |limit| limit.count(ip))
     }
 
-    /// A connection, with the per-address counts that its turn may need (a PROXY header
-    /// names its address only then).
-    pub fn turn_parts(
-        &mut self,
-        key: usize,
-    ) -> Option<(&mut Connection, Option<&mut AddressLimit>)> {
+    /// A connection, with what its turn needs of the table: the per-address counts (a
+    /// PROXY header names its address only then) and the buffer budget's figures.
+    pub fn turn_parts(&mut self, key: usize) -> Option<TurnParts<'_>> {
         let connection = self.slab.get_mut(key)?;
-        Some((connection, self.per_address.as_mut()))
+        let held = connection.buffered_capacity();
+        Some(TurnParts {
+            held,
+            others_buffered: self.budget.others(held),
+            buffer_budget: self.budget.limit(),
+            connection,
+            addresses: self.per_address.as_mut(),
+        })
     }
 
-    pub fn budget(&self) -> &BufferBudget {
-        &self.budget
-    }
-
-    /// After a connection's turn: its buffers' capacity went from `before` to what it holds
-    /// now. A connection that stopped for want of room waits for it.
-    pub fn account(&mut self, key: usize, before: usize, over_budget: bool) {
-        let after = self.slab.get(key).map_or(0, Connection::buffered_capacity);
+    /// After a connection's turn: its buffers' capacity went from `before` to `after`. A
+    /// connection that stopped for want of room waits for it.
+    pub fn account(&mut self, key: usize, before: usize, after: usize, over_budget: bool) {
         self.budget.adjust(before, after);
         if over_budget {
             self.budget.wait(key);
@@ -332,6 +331,16 @@ impl ConnectionTable {
             release_freed_memory();
         }
     }
+}
+
+/// What a connection's turn borrows of the table, from one lookup.
+pub(crate) struct TurnParts<'a> {
+    pub connection: &'a mut Connection,
+    pub addresses: Option<&'a mut AddressLimit>,
+    /// The connection's buffer capacity before the turn.
+    pub held: usize,
+    pub others_buffered: usize,
+    pub buffer_budget: usize,
 }
 
 /// Connections per client address, and the limit on them (`--max-connections-per-ip`).
