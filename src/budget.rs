@@ -6,7 +6,10 @@
 //! It keeps the running total (adjusted around each connection's turn from two reads of its
 //! buffers' capacity, so requests pay no bookkeeping per byte), the connections waiting for
 //! room to read, and the choice of whom to close when the total must come down: the
-//! connections holding the most whose output has not moved since the last look.
+//! connections holding the most whose output has not moved since the last look. A look that
+//! could not make the room a connection waits for is made again after a short pause: by then
+//! the holders that only seemed to make progress (their mark dates from before the first
+//! look) have shown whether they still do, and nothing else would wake the one waiting.
 
 use std::time::{Duration, Instant};
 
@@ -15,36 +18,49 @@ use slab::Slab;
 use crate::connection::Connection;
 
 /// Once over the budget, evictions go on until the total is this fraction of it, so that
-/// one look at the table buys room for many more reads.
+/// one look at the table buys room for many more reads (and at least one: see
+/// [`BufferBudget::low_mark`]).
 const LOW_MARK_EIGHTHS: usize = 7;
 /// After a look made only to find room (the total within the budget) that could not bring
 /// the total under the low mark, the holders all making progress, the next such look waits
 /// this long: a look costs a pass over every connection, and it must not come with every
-/// request. A look for a total over the budget never falls short, so it never repeats so.
+/// request. The look is then made again, for as long as a connection still waits for room.
 const RESCAN_DELAY: Duration = Duration::from_millis(5);
 
 pub(crate) struct BufferBudget {
     limit: usize,
+    /// The most one read adds to a connection's unfinished line or output.
+    read_len: usize,
     /// Capacity of every connection's buffers, summed.
     total: usize,
     /// Connections that stopped reading for want of room; read again once it is back.
     waiting: Vec<usize>,
     /// No look at the table before then: the last one fell short.
     quiet_until: Option<Instant>,
+    /// A connection waited for room that the last look did not make, or that no look was
+    /// made for: look again once the pause is over.
+    look_again: bool,
 }
 
 impl BufferBudget {
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, read_len: usize) -> Self {
         BufferBudget {
             limit,
+            read_len,
             total: 0,
             waiting: Vec::new(),
             quiet_until: None,
+            look_again: false,
         }
     }
 
     pub fn limit(&self) -> usize {
         self.limit
+    }
+
+    /// Capacity held by all connections.
+    pub fn used(&self) -> usize {
+        self.total
     }
 
     /// Capacity held by all connections but one that holds `own`.
@@ -62,8 +78,11 @@ impl BufferBudget {
     }
 
     /// Where evictions stop, and where waiting connections may read again.
+    /// With a budget of fewer than eight reads, an eighth of it would not hold one read: a
+    /// connection let go at the low mark would find no room for its read and ask again, for
+    /// ever. The low mark is then as high as leaves room for one read.
     fn low_mark(&self) -> usize {
-        self.limit / 8 * LOW_MARK_EIGHTHS
+        (self.limit / 8 * LOW_MARK_EIGHTHS).min(self.limit.saturating_sub(self.read_len))
     }
 
     /// Remembers a connection that stopped reading for want of room (it also resumes on
@@ -79,14 +98,42 @@ impl BufferBudget {
         if self.waiting.is_empty() || self.total > self.low_mark() {
             return Vec::new();
         }
+        self.look_again = false;
         std::mem::take(&mut self.waiting)
+    }
+
+    /// The connections that stopped reading for want of room, some perhaps closed since.
+    pub fn waiting(&self) -> &[usize] {
+        &self.waiting
     }
 
     /// Whether to look for connections to close now: always when the total is over the
     /// budget; when only a connection that holds no unsent output waits for room (it would
-    /// read if there were any), not again right after a look that fell short.
-    pub fn should_look(&self, room_wanted: bool, now: Instant) -> bool {
-        self.is_over() || (room_wanted && self.quiet_until.is_none_or(|until| now >= until))
+    /// read if there were any), not again right after a look that fell short; that look is
+    /// made once the pause is over instead.
+    pub fn should_look(&mut self, room_wanted: bool, now: Instant) -> bool {
+        if self.is_over() {
+            return true;
+        }
+        if !room_wanted {
+            return false;
+        }
+        let quiet = self.quiet_until.is_some_and(|until| now < until);
+        self.look_again |= quiet;
+        !quiet
+    }
+
+    /// When a connection still waiting for room is to be looked for again, if one may be.
+    pub fn next_look(&self) -> Option<Instant> {
+        if !self.look_again {
+            return None;
+        }
+        Some(self.quiet_until.unwrap_or_else(Instant::now))
+    }
+
+    /// Nobody waits for room any more: no look is due on their account.
+    pub fn cancel_next_look(&mut self) {
+        self.look_again = false;
     }
 
     /// The connections to close to bring the total under the low mark: those holding the
@@ -97,7 +144,7 @@ impl BufferBudget {
     pub fn choose_evictions(
         &mut self,
         connections: &mut Slab<Connection>,
-        spared: usize,
+        spared: Option<usize>,
         now: Instant,
     ) -> Vec<(usize, usize)> {
         let strict = self.is_over();
@@ -107,7 +154,7 @@ impl BufferBudget {
             .filter_map(|(key, connection)| {
                 let progressed = connection.take_progress();
                 let held = connection.buffered_capacity();
-                (key != spared && held > 0 && (strict || !progressed))
+                (Some(key) != spared && held > 0 && (strict || !progressed))
                     .then_some((key, held, progressed))
             })
             .collect();
@@ -126,7 +173,47 @@ impl BufferBudget {
             })
             .map(|(key, held, _)| (key, held))
             .collect();
-        self.quiet_until = (total > target).then_some(now + RESCAN_DELAY);
+        let short = total > target;
+        self.quiet_until = short.then_some(now + RESCAN_DELAY);
+        self.look_again = short;
         chosen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const READ: usize = 64 * 1024;
+
+    #[test]
+    fn the_low_mark_leaves_room_for_one_read() {
+        let large = BufferBudget::new(64 * 1024 * 1024, READ);
+        assert_eq!(large.low_mark(), 56 * 1024 * 1024);
+        // An eighth of the smallest budget (two reads) is a quarter of a read.
+        let smallest = BufferBudget::new(2 * READ, READ);
+        assert_eq!(smallest.low_mark(), READ);
+    }
+
+    #[test]
+    fn a_look_that_falls_short_is_made_again_until_room_is_back() {
+        let mut budget = BufferBudget::new(8 * READ, READ);
+        let mut nobody_to_close = Slab::new();
+        let now = Instant::now();
+        budget.adjust(0, 7 * READ + 1);
+        budget.wait(3);
+        assert!(budget.should_look(true, now));
+        assert!(budget
+            .choose_evictions(&mut nobody_to_close, Some(3), now)
+            .is_empty());
+        assert_eq!(budget.next_look(), Some(now + RESCAN_DELAY));
+        // Asked again during the pause: no look, but the one due afterwards stands.
+        assert!(!budget.should_look(true, now + RESCAN_DELAY / 2));
+        assert_eq!(budget.next_look(), Some(now + RESCAN_DELAY));
+        assert!(budget.take_resumable().is_empty());
+        // Once the total is down to the low mark, the waiting go on and no look is due.
+        budget.adjust(7 * READ + 1, 7 * READ);
+        assert_eq!(budget.take_resumable(), vec![3]);
+        assert_eq!(budget.next_look(), None);
     }
 }

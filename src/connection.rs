@@ -221,6 +221,18 @@ impl Connection {
         self.output.pending()
     }
 
+    /// Reading waits for room in the buffer budget, or for this connection's own output to
+    /// drain.
+    pub fn is_budget_paused(&self) -> bool {
+        self.budget_paused
+    }
+
+    /// Reading stopped for want of room in the buffer budget with no output of its own left
+    /// to drain: only room made elsewhere lets it go on.
+    pub fn waits_for_room(&self) -> bool {
+        self.budget_paused && self.pending_output() == 0
+    }
+
     /// Reading is paused until unsent output drains.
     pub fn is_read_paused(&self) -> bool {
         self.read_paused

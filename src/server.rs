@@ -208,6 +208,8 @@ impl Server {
     /// whose read budget ran out, accepting after a pause or a spent budget, idle expiry, and
     /// the shutdown. Returns how the loop ends, once it does.
     fn before_sleep(&mut self, now: Instant) -> Option<Stopped> {
+        self.connections
+            .look_again_for_room(self.poll.registry(), now);
         self.connections.resume_budget_waiters();
         self.read_again_now(now);
         self.acceptor.resume_if_due(now);
@@ -236,6 +238,7 @@ impl Server {
             self.acceptor.paused_until(),
             self.connections.next_idle_deadline(),
             self.connections.next_header_deadline(),
+            self.connections.next_room_look(),
             self.metrics
                 .as_ref()
                 .and_then(MetricsEndpoint::next_deadline),
@@ -335,7 +338,7 @@ impl Server {
         };
         let over_budget = matches!(outcome, Ok(ReadOutcome::OverBudget));
         // Waiting with no echoes unsent: only room in the budget lets it go on.
-        let room_wanted = over_budget && connection.pending_output() == 0;
+        let room_wanted = over_budget && connection.waits_for_room();
         // Accounted while the connection is still in the table: closing it settles the rest.
         let after = connection.buffered_capacity();
         self.connections.account(key, held, after, over_budget);
@@ -457,14 +460,12 @@ fn take_snapshot(
     traffic: Traffic,
     start_time: std::time::SystemTime,
 ) -> Snapshot {
-    let (reads_paused, buffered_bytes) = connections.buffer_gauges();
     Snapshot {
         accepts: acceptor.counts(),
         open: connections.len(),
         closed: connections.closed(),
         traffic,
-        reads_paused,
-        buffered_bytes,
+        buffers: connections.buffer_gauges(),
         start_time,
     }
 }

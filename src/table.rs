@@ -21,7 +21,7 @@ use crate::budget::BufferBudget;
 use crate::config::Config;
 use crate::connection::{Connection, Fault};
 use crate::idle::IdleList;
-use crate::metrics::{CloseReason, ClosedCounts};
+use crate::metrics::{BufferGauges, CloseReason, ClosedCounts};
 
 /// Slab slots kept once every connection has closed; a larger slab is released.
 const SLAB_CAPACITY_KEPT: usize = 1024;
@@ -56,7 +56,7 @@ impl ConnectionTable {
             idle: shortest.map(|time| IdleList::new((time / 8).min(Duration::from_secs(1)))),
             idle_timeout: config.idle_timeout,
             read_again: Vec::new(),
-            budget: BufferBudget::new(config.max_buffered_bytes),
+            budget: BufferBudget::new(config.max_buffered_bytes, config.read_buffer_bytes),
             per_address: config.max_connections_per_ip.map(AddressLimit::new),
             header_timeout: config.proxy_protocol.then_some(config.proxy_header_timeout),
             awaiting_headers: VecDeque::new(),
@@ -102,9 +102,39 @@ impl ConnectionTable {
         room_wanted: bool,
         now: Instant,
     ) {
-        if !self.budget.should_look(room_wanted, now) {
+        if self.budget.should_look(room_wanted, now) {
+            self.evict_for_budget(registry, Some(spared), now);
+        }
+    }
+
+    /// Looks again for the room a connection still waits for, once the pause after a look
+    /// that fell short is over; nobody is spared this time, the one waiting included (if it
+    /// alone holds too much, it is the one to go). Without this, a connection that asked
+    /// for room while the holders still seemed to make progress would wait for ever: its
+    /// client waits for the echo, so no event comes for it.
+    pub fn look_again_for_room(&mut self, registry: &Registry, now: Instant) {
+        if self.budget.next_look().is_none_or(|at| now < at) {
             return;
         }
+        let slab = &self.slab;
+        let still_wanted = self
+            .budget
+            .waiting()
+            .iter()
+            .any(|&key| slab.get(key).is_some_and(Connection::waits_for_room));
+        if still_wanted {
+            self.evict_for_budget(registry, None, now);
+        } else {
+            self.budget.cancel_next_look();
+        }
+    }
+
+    /// When a connection waiting for room is to be looked for again.
+    pub fn next_room_look(&self) -> Option<Instant> {
+        self.budget.next_look()
+    }
+
+    fn evict_for_budget(&mut self, registry: &Registry, spared: Option<usize>, now: Instant) {
         let evictions = self.budget.choose_evictions(&mut self.slab, spared, now);
         for (key, held) in evictions {
             log::warn!(
@@ -149,14 +179,18 @@ impl ConnectionTable {
         self.closed
     }
 
-    /// Connections whose reading is paused by backpressure, and the bytes all connections
-    /// hold in their buffers: walked at scrape time, so requests pay nothing for them.
-    pub fn buffer_gauges(&self) -> (usize, usize) {
-        self.slab.iter().fold((0, 0), |(paused, bytes), (_, c)| {
-            (
-                paused + usize::from(c.is_read_paused()),
-                bytes + c.buffered_bytes(),
-            )
+    /// What the connections hold in their buffers, and why reading waits.
+    pub fn buffer_gauges(&self) -> BufferGauges {
+        let start = BufferGauges {
+            budget_used: self.budget.used(),
+            budget: self.budget.limit(),
+            ..BufferGauges::default()
+        };
+        self.slab.iter().fold(start, |gauges, (_, c)| BufferGauges {
+            reads_paused: gauges.reads_paused + usize::from(c.is_read_paused()),
+            waiting_for_budget: gauges.waiting_for_budget + usize::from(c.is_budget_paused()),
+            buffered_bytes: gauges.buffered_bytes + c.buffered_bytes(),
+            ..gauges
         })
     }
 

@@ -5,11 +5,12 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::crowd::{connect_from, push_all, source_address, Hog};
-use common::{assert_echo, ServerProcess};
+use common::{assert_echo, ServerProcess, TestServer};
+use kv_server::{Config, Echo};
 
 const MIB: u64 = 1024;
 
@@ -116,6 +117,109 @@ fn two_thousand_hogs_sending_lines_stay_within_the_budget() {
 #[test]
 fn two_thousand_hogs_sending_no_newline_stay_within_the_budget() {
     crowd_within_budget(2000, 1_400_000, false, 32);
+}
+
+/// A client that reads its echoes but holds an unfinished line asks for room while the one
+/// other holder's mark still says it made progress (it did, before its client stopped
+/// reading): the look falls short, and only a second look, once the holder is seen to
+/// stall, can let the client go on, since it waits for its echo and sends nothing more.
+///
+/// The smallest budget (two reads) makes every step exact: the holder's echoes pile up
+/// until it waits, then all go out; it keeps only an unfinished line. The waiting client's
+/// own, shorter unfinished line then takes the total to just under the budget, so that its
+/// next read is the one that cannot fit, with nothing over the budget.
+#[test]
+fn a_client_waiting_for_room_is_served_once_the_holder_stalls() {
+    const READ: usize = 64 * 1024;
+    const BUDGET: usize = 2 * READ;
+    let server = TestServer::start_with(
+        Config {
+            max_buffered_bytes: BUDGET,
+            read_buffer_bytes: READ,
+            metrics: Some("127.0.0.1:0".parse().unwrap()),
+            ..Config::default()
+        },
+        Box::new(Echo),
+    );
+    let metrics = server.metrics.unwrap();
+    let sample = |name: &str| common::scrape(metrics)[name] as usize;
+
+    let mut holder = connect_from(source_address(0), server.addr, true);
+    holder.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    let lines: Vec<u8> = (0..64u64)
+        .flat_map(|n| {
+            let mut line = common::pattern(1023, n);
+            line.push(b'\n');
+            line
+        })
+        .collect();
+    let holder_line = common::pattern(60_000, 2);
+    let mut writer = holder.try_clone().unwrap();
+    let (stop, written) = (AtomicBool::new(false), AtomicUsize::new(0));
+    std::thread::scope(|scope| {
+        let sending = scope.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                writer.write_all(&lines).unwrap();
+                written.fetch_add(lines.len(), Ordering::SeqCst);
+            }
+            writer.write_all(&holder_line).unwrap();
+        });
+        wait_until("the holder's echoes pile up until it waits", || {
+            let m = common::scrape(metrics);
+            m["kv_server_reads_paused"] + m["kv_server_reads_waiting_for_budget"] > 0.0
+        });
+        stop.store(true, Ordering::SeqCst);
+        // All its echoes go out as its client reads them: the holder made progress.
+        let mut back = vec![0u8; READ];
+        let mut got = 0;
+        while !sending.is_finished() || got < written.load(Ordering::SeqCst) {
+            let n = holder.read(&mut back).unwrap();
+            for (i, &byte) in back[..n].iter().enumerate() {
+                assert_eq!(byte, lines[(got + i) % lines.len()], "the holder's echo");
+            }
+            got += n;
+        }
+    });
+    wait_until("the holder keeps only its unfinished line", || {
+        sample("kv_server_buffered_bytes") == holder_line.len()
+    });
+    let holder_holds = sample("kv_server_buffer_budget_used_bytes");
+
+    let mut waiting = server.connect();
+    // Less than the holder's, so that the holder is the one to go.
+    let unfinished = common::pattern((BUDGET - holder_holds - 1024).min(holder_holds / 2), 1);
+    waiting.write_all(&unfinished).unwrap();
+    wait_until("the waiting client's unfinished line is held", || {
+        sample("kv_server_buffered_bytes") == holder_line.len() + unfinished.len()
+    });
+    let used = sample("kv_server_buffer_budget_used_bytes");
+    assert!(
+        used <= BUDGET && used + READ > BUDGET,
+        "{used} bytes held: one more read must be what does not fit"
+    );
+    waiting.write_all(b"\n").unwrap();
+    let mut echo = vec![0u8; unfinished.len() + 1];
+    waiting
+        .read_exact(&mut echo)
+        .expect("the waiting client's line is answered");
+    assert!(echo[..unfinished.len()] == unfinished[..] && echo.ends_with(b"\n"));
+    let closed =
+        common::scrape(metrics)["kv_server_connections_closed_total{reason=\"buffer_budget\"}"];
+    assert_eq!(closed, 1.0, "the stalled holder made the room");
+    assert!(common::closed_within(&mut holder, common::TIMEOUT));
+}
+
+/// Waits for `condition`, checking it again and again until the time-out.
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + common::TIMEOUT;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {:?}",
+            common::TIMEOUT
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 #[test]

@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_echo, pattern, ServerProcess, TestServer};
+use common::{assert_echo, http, pattern, scrape, ServerProcess, TestServer};
 use kv_server::{Config, Echo};
 
 fn with_metrics(config: Config) -> TestServer {
@@ -20,31 +19,6 @@ fn with_metrics(config: Config) -> TestServer {
         ..config
     };
     TestServer::start_with(config, Box::new(Echo))
-}
-
-/// An HTTP exchange on a fresh connection: the raw answer, read until the server closes.
-fn http(addr: SocketAddr, request: &[u8]) -> String {
-    let mut stream = common::connect(addr);
-    stream.write_all(request).unwrap();
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .expect("the server closes after answering");
-    String::from_utf8(answer).unwrap()
-}
-
-/// The samples of a scrape, by name with labels (`name{label="value"}`).
-fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
-    let answer = http(addr, b"GET /metrics HTTP/1.0\r\n\r\n");
-    let (head, body) = answer.split_once("\r\n\r\n").expect("headers, then a body");
-    assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
-    body.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .map(|line| {
-            let (name, value) = line.rsplit_once(' ').unwrap();
-            (name.to_owned(), value.parse().unwrap())
-        })
-        .collect()
 }
 
 /// Sends `lines` lines of `len` bytes, reads them back, half-closes and waits for the
@@ -162,6 +136,12 @@ fn gauges_follow_a_client_that_does_not_read() {
     let m = scrape(metrics);
     assert_eq!(m["kv_server_reads_paused"], 1.0, "{sent} bytes sent");
     assert!(m["kv_server_buffered_bytes"] > 0.0);
+    // The budget counts allocated capacity: never less than the bytes held.
+    assert!(m["kv_server_buffer_budget_used_bytes"] >= m["kv_server_buffered_bytes"]);
+    assert_eq!(
+        m["kv_server_buffer_budget_bytes"],
+        kv_server::config::DEFAULT_MAX_BUFFERED_BYTES as f64
+    );
     // Read everything back: reading resumes and the buffers empty. The last write may have
     // taken part of a line, which is held until its newline arrives.
     hog.set_nonblocking(false).unwrap();
@@ -178,6 +158,8 @@ fn gauges_follow_a_client_that_does_not_read() {
     let m = scrape(metrics);
     assert_eq!(m["kv_server_reads_paused"], 0.0);
     assert_eq!(m["kv_server_buffered_bytes"], 0.0);
+    assert_eq!(m["kv_server_buffer_budget_used_bytes"], 0.0);
+    assert_eq!(m["kv_server_reads_waiting_for_budget"], 0.0);
 }
 
 #[test]

@@ -148,15 +148,31 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
         "Lines longer than --max-line-bytes, echoed in pieces.",
         &[(None, traffic.long_lines as f64)],
     );
+    let buffers = &snapshot.buffers;
     e.gauge(
         "kv_server_reads_paused",
         "Connections not being read until their unsent echoes drain (backpressure).",
-        snapshot.reads_paused as f64,
+        buffers.reads_paused as f64,
+    );
+    e.gauge(
+        "kv_server_reads_waiting_for_budget",
+        "Connections not being read until the buffer budget has room.",
+        buffers.waiting_for_budget as f64,
     );
     e.gauge(
         "kv_server_buffered_bytes",
         "Bytes held in connection buffers: unfinished lines plus unsent output.",
-        snapshot.buffered_bytes as f64,
+        buffers.buffered_bytes as f64,
+    );
+    e.gauge(
+        "kv_server_buffer_budget_used_bytes",
+        "Memory allocated for connection buffers, as --max-buffered-bytes counts it.",
+        buffers.budget_used as f64,
+    );
+    e.gauge(
+        "kv_server_buffer_budget_bytes",
+        "The budget for all connection buffers together (--max-buffered-bytes).",
+        buffers.budget as f64,
     );
     e.counter(
         "kv_server_accept_pauses",
@@ -183,7 +199,7 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{AcceptCounts, ClosedCounts, Traffic};
+    use crate::metrics::{AcceptCounts, BufferGauges, ClosedCounts, Traffic};
 
     fn snapshot() -> Snapshot {
         let mut closed = ClosedCounts::default();
@@ -202,8 +218,7 @@ mod tests {
                 bytes_sent: 10,
                 long_lines: 0,
             },
-            reads_paused: 0,
-            buffered_bytes: 0,
+            buffers: BufferGauges::default(),
             start_time: UNIX_EPOCH + std::time::Duration::from_millis(1_500),
         }
     }

@@ -117,9 +117,24 @@ pub(crate) struct Snapshot {
     pub open: usize,
     pub closed: ClosedCounts,
     pub traffic: Traffic,
-    pub reads_paused: usize,
-    pub buffered_bytes: usize,
+    pub buffers: BufferGauges,
     pub start_time: SystemTime,
+}
+
+/// What the connections hold in their buffers, walked at scrape time so that requests pay
+/// nothing for it.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct BufferGauges {
+    /// Connections not read until their unsent echoes drain (backpressure).
+    pub reads_paused: usize,
+    /// Connections not read until the buffer budget has room.
+    pub waiting_for_budget: usize,
+    /// Unfinished lines plus unsent output, in bytes.
+    pub buffered_bytes: usize,
+    /// The buffers' allocated capacity, which the budget counts.
+    pub budget_used: usize,
+    /// `--max-buffered-bytes`.
+    pub budget: usize,
 }
 
 impl Snapshot {

@@ -3,6 +3,7 @@
 //! server fails a test instead of hanging it.
 #![allow(dead_code)] // Each test binary uses its own subset of these helpers.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, ChildStderr, Command, Stdio};
@@ -117,6 +118,31 @@ pub fn assert_echo(stream: &mut TcpStream, bytes: &[u8]) {
     let mut back = vec![0; bytes.len()];
     stream.read_exact(&mut back).expect("echo");
     assert_eq!(back, bytes);
+}
+
+/// An HTTP exchange on a fresh connection: the raw answer, read until the server closes.
+pub fn http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = connect(addr);
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("the server closes after answering");
+    String::from_utf8(answer).unwrap()
+}
+
+/// The samples of a scrape, by name with labels (`name{label="value"}`).
+pub fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
+    let answer = http(addr, b"GET /metrics HTTP/1.0\r\n\r\n");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("headers, then a body");
+    assert!(head.starts_with("HTTP/1.0 200 OK"), "{head}");
+    body.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (name, value) = line.rsplit_once(' ').unwrap();
+            (name.to_owned(), value.parse().unwrap())
+        })
+        .collect()
 }
 
 /// Reads until the server closes the stream, failing on a time-out.
