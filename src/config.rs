@@ -126,10 +126,16 @@ impl Config {
                 "--max-connections-per-ip must be at least 1 (or unset)".into(),
             ));
         }
-        if self.max_buffered_bytes < 2 * self.read_buffer_bytes {
+        // A connection alone must always be able to read: its unfinished line (at most
+        // --max-line-bytes) and one read fit, and so do two reads.
+        let smallest_budget =
+            (2 * self.read_buffer_bytes).max(self.max_line_bytes + self.read_buffer_bytes);
+        if self.max_buffered_bytes < smallest_budget {
             return Err(ConfigError(format!(
-                "--max-buffered-bytes must be at least {} (two reads)",
-                2 * self.read_buffer_bytes
+                "--max-buffered-bytes must be at least {smallest_budget}: one read ({} \
+                 bytes) beside the longest unfinished line (--max-line-bytes {}), and at \
+                 least two reads",
+                self.read_buffer_bytes, self.max_line_bytes
             )));
         }
         if self.output_low_water >= self.output_high_water {

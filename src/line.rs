@@ -11,7 +11,8 @@
 //! - A line longer than `max` is handed on in pieces of exactly `max` bytes, cut from the
 //!   start of the line, as the bytes arrive; its last piece ends with the `\n`. Where a long
 //!   line is cut does not depend on how the stream was split into reads.
-//! - The unfinished tail kept between reads is always shorter than `max`.
+//! - The unfinished tail kept between reads is always shorter than `max`, and the buffer
+//!   holding it never grows past `max` bytes of capacity (the buffer budget counts capacity).
 
 use memchr::{memchr, memchr_iter, memrchr};
 
@@ -85,6 +86,17 @@ fn release(buffer: &mut Vec<u8>) {
     *buffer = Vec::new();
 }
 
+/// Makes room for `more` bytes as a `Vec` would, doubling, but never past `max` bytes of
+/// capacity: the unfinished line never holds more, and doubling past it would count twice
+/// its size against the buffer budget.
+fn reserve_within(partial: &mut Vec<u8>, more: usize, max: usize) {
+    let needed = partial.len() + more;
+    if needed > partial.capacity() {
+        let capacity = (partial.capacity() * 2).max(needed).min(max);
+        partial.reserve_exact(capacity - partial.len());
+    }
+}
+
 /// Hands on a run of complete lines, cutting out any line longer than `max`.
 fn emit_complete<E>(
     complete: &[u8],
@@ -128,6 +140,7 @@ fn extend_bounded<E>(
         let room = max - partial.len();
         if bytes.len() < room {
             if !bytes.is_empty() {
+                reserve_within(partial, bytes.len(), max);
                 partial.extend_from_slice(bytes);
             }
             return Ok(());
@@ -137,6 +150,7 @@ fn extend_bounded<E>(
             // Nothing held yet: the piece goes out straight from the read buffer, uncopied.
             emit(piece)?;
         } else {
+            reserve_within(partial, piece.len(), max);
             partial.extend_from_slice(piece);
             emit(partial)?;
             partial.clear();

@@ -136,6 +136,20 @@ fn bad_flags_are_clear_errors() {
     );
     let stderr = refuses(&["--max-line-bytes", "0"], &[]);
     assert!(stderr.contains("--max-line-bytes"), "{stderr}");
+    // One connection's unfinished line and a read must fit in the budget.
+    let stderr = refuses(
+        &[
+            "--max-line-bytes",
+            "1000000",
+            "--max-buffered-bytes",
+            "1000000",
+        ],
+        &[],
+    );
+    assert!(
+        stderr.contains("--max-buffered-bytes must be at least 1065536"),
+        "{stderr}"
+    );
     let stderr = refuses(&["--log-level", "loud"], &[]);
     assert!(stderr.contains("loud"), "{stderr}");
     let stderr = refuses(&["--idle-timeout", "soon"], &[]);

@@ -1,6 +1,6 @@
 //! Property tests of the line framing: any byte stream, split into reads anywhere, with any
-//! line limit, comes out byte-exact, with no piece longer than the limit and no unfinished
-//! line held at the limit or beyond.
+//! line limit, comes out byte-exact, with no piece longer than the limit, no unfinished line
+//! held at the limit or beyond, and no buffer for it larger than the limit.
 
 use kv_server::line;
 use proptest::prelude::*;
@@ -28,6 +28,11 @@ fn frame_in_reads(stream: &[u8], cuts: &[usize], max: usize) -> (Vec<Vec<u8>>, V
         if partial.is_empty() {
             assert_eq!(partial.capacity(), 0, "an empty tail owns no buffer");
         }
+        assert!(
+            partial.capacity() <= max,
+            "a buffer of {} bytes, limit {max}",
+            partial.capacity()
+        );
     }
     let held = partial.clone();
     line::finish::<()>(&mut partial, &mut |piece| {
