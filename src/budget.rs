@@ -6,10 +6,12 @@
 //! It keeps the running total (adjusted around each connection's turn from two reads of its
 //! buffers' capacity, so requests pay no bookkeeping per byte), the connections waiting for
 //! room to read, and the choice of whom to close when the total must come down: the
-//! connections holding the most whose output has not moved since the last look. A look that
-//! could not make the room a connection waits for is made again after a short pause: by then
-//! the holders that only seemed to make progress (their mark dates from before the first
-//! look) have shown whether they still do, and nothing else would wake the one waiting.
+//! connections holding the most whose output has not moved since the last look. Once a
+//! connection has asked for room, looks go on (one at the end of a turn, after the pause
+//! that follows a look that fell short) until the total is down to the low mark and the
+//! waiting are let go: a look can fall short because holders only seemed to make progress
+//! (their mark may date from long before), and the room a look made can be taken again by
+//! others before the turn ends; nothing else would wake a client waiting for its echo.
 
 use std::time::{Duration, Instant};
 
@@ -37,9 +39,9 @@ pub(crate) struct BufferBudget {
     waiting: Vec<usize>,
     /// No look at the table before then: the last one fell short.
     quiet_until: Option<Instant>,
-    /// A connection waited for room that the last look did not make, or that no look was
-    /// made for: look again once the pause is over.
-    look_again: bool,
+    /// A connection asked for room, and the waiting have not been let go since: look again
+    /// at the end of a turn (once the pause is over) while the total is above the low mark.
+    room_wanted: bool,
 }
 
 impl BufferBudget {
@@ -50,7 +52,7 @@ impl BufferBudget {
             total: 0,
             waiting: Vec::new(),
             quiet_until: None,
-            look_again: false,
+            room_wanted: false,
         }
     }
 
@@ -98,7 +100,7 @@ impl BufferBudget {
         if self.waiting.is_empty() || self.total > self.low_mark() {
             return Vec::new();
         }
-        self.look_again = false;
+        self.room_wanted = false;
         std::mem::take(&mut self.waiting)
     }
 
@@ -108,32 +110,27 @@ impl BufferBudget {
     }
 
     /// Whether to look for connections to close now: always when the total is over the
-    /// budget; when only a connection that holds no unsent output waits for room (it would
-    /// read if there were any), not again right after a look that fell short; that look is
-    /// made once the pause is over instead.
+    /// budget; when a connection that holds no unsent output waits for room (it would read
+    /// if there were any), unless a look just fell short. Either way, looks for room go on
+    /// at the end of turns until the waiting are let go.
     pub fn should_look(&mut self, room_wanted: bool, now: Instant) -> bool {
-        if self.is_over() {
-            return true;
-        }
-        if !room_wanted {
-            return false;
-        }
-        let quiet = self.quiet_until.is_some_and(|until| now < until);
-        self.look_again |= quiet;
-        !quiet
+        self.room_wanted |= room_wanted;
+        self.is_over() || (room_wanted && self.quiet_until.is_none_or(|until| now >= until))
     }
 
-    /// When a connection still waiting for room is to be looked for again, if one may be.
-    pub fn next_look(&self) -> Option<Instant> {
-        if !self.look_again {
+    /// When to look again for the room a connection asked for: not while the total is at
+    /// the low mark or below (the waiting are let go instead), nor during the pause after a
+    /// look that fell short; otherwise `now`.
+    pub fn next_look(&self, now: Instant) -> Option<Instant> {
+        if !self.room_wanted || self.total <= self.low_mark() {
             return None;
         }
-        Some(self.quiet_until.unwrap_or_else(Instant::now))
+        Some(self.quiet_until.map_or(now, |until| until.max(now)))
     }
 
     /// Nobody waits for room any more: no look is due on their account.
     pub fn cancel_next_look(&mut self) {
-        self.look_again = false;
+        self.room_wanted = false;
     }
 
     /// The connections to close to bring the total under the low mark: those holding the
@@ -173,9 +170,7 @@ impl BufferBudget {
             })
             .map(|(key, held, _)| (key, held))
             .collect();
-        let short = total > target;
-        self.quiet_until = short.then_some(now + RESCAN_DELAY);
-        self.look_again = short;
+        self.quiet_until = (total > target).then_some(now + RESCAN_DELAY);
         chosen
     }
 }
@@ -206,14 +201,33 @@ mod tests {
         assert!(budget
             .choose_evictions(&mut nobody_to_close, Some(3), now)
             .is_empty());
-        assert_eq!(budget.next_look(), Some(now + RESCAN_DELAY));
+        assert_eq!(budget.next_look(now), Some(now + RESCAN_DELAY));
         // Asked again during the pause: no look, but the one due afterwards stands.
         assert!(!budget.should_look(true, now + RESCAN_DELAY / 2));
-        assert_eq!(budget.next_look(), Some(now + RESCAN_DELAY));
+        assert_eq!(budget.next_look(now), Some(now + RESCAN_DELAY));
         assert!(budget.take_resumable().is_empty());
         // Once the total is down to the low mark, the waiting go on and no look is due.
         budget.adjust(7 * READ + 1, 7 * READ);
+        assert_eq!(budget.next_look(now), None);
         assert_eq!(budget.take_resumable(), vec![3]);
-        assert_eq!(budget.next_look(), None);
+        budget.adjust(7 * READ, 7 * READ + 1);
+        assert_eq!(budget.next_look(now), None);
+    }
+
+    #[test]
+    fn room_taken_again_before_the_waiting_go_on_is_looked_for_at_once() {
+        let mut budget = BufferBudget::new(8 * READ, READ);
+        let mut nobody_to_close = Slab::new();
+        let now = Instant::now();
+        budget.adjust(0, 7 * READ);
+        budget.wait(3);
+        assert!(budget.should_look(true, now));
+        assert!(budget
+            .choose_evictions(&mut nobody_to_close, Some(3), now)
+            .is_empty());
+        // The look needed to close nobody, but others read before the turn ended.
+        budget.adjust(0, 1);
+        assert!(budget.take_resumable().is_empty());
+        assert_eq!(budget.next_look(now), Some(now));
     }
 }

@@ -290,6 +290,7 @@ impl Connection {
                 self.budget_paused = true;
                 return Ok(ReadOutcome::OverBudget);
             }
+            self.budget_paused = false;
             let received = match self.socket.read(turn.read_buffer) {
                 Ok(0) => {
                     self.read_closed = true;

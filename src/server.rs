@@ -238,7 +238,7 @@ impl Server {
             self.acceptor.paused_until(),
             self.connections.next_idle_deadline(),
             self.connections.next_header_deadline(),
-            self.connections.next_room_look(),
+            self.connections.next_room_look(now),
             self.metrics
                 .as_ref()
                 .and_then(MetricsEndpoint::next_deadline),

@@ -107,13 +107,14 @@ impl ConnectionTable {
         }
     }
 
-    /// Looks again for the room a connection still waits for, once the pause after a look
-    /// that fell short is over; nobody is spared this time, the one waiting included (if it
-    /// alone holds too much, it is the one to go). Without this, a connection that asked
-    /// for room while the holders still seemed to make progress would wait for ever: its
-    /// client waits for the echo, so no event comes for it.
+    /// Looks again for the room a connection asked for, at the end of a turn in which the
+    /// waiting could not be let go (after the pause, if a look just fell short); nobody is
+    /// spared this time, the one waiting included (if it alone holds too much, it is the one
+    /// to go). Without this, a connection that asked for room while the holders still
+    /// seemed to make progress, or whose room others took before the turn ended, would wait
+    /// for ever: its client waits for the echo, so no event comes for it.
     pub fn look_again_for_room(&mut self, registry: &Registry, now: Instant) {
-        if self.budget.next_look().is_none_or(|at| now < at) {
+        if self.budget.next_look(now).is_none_or(|at| now < at) {
             return;
         }
         let slab = &self.slab;
@@ -130,8 +131,8 @@ impl ConnectionTable {
     }
 
     /// When a connection waiting for room is to be looked for again.
-    pub fn next_room_look(&self) -> Option<Instant> {
-        self.budget.next_look()
+    pub fn next_room_look(&self, now: Instant) -> Option<Instant> {
+        self.budget.next_look(now)
     }
 
     fn evict_for_budget(&mut self, registry: &Registry, spared: Option<usize>, now: Instant) {

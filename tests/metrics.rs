@@ -262,7 +262,7 @@ fn a_stalled_scraper_delays_no_echo_and_is_closed_after_the_time_out() {
 #[test]
 fn a_scraper_that_never_reads_holds_bounded_memory() {
     let server = ServerProcess::start(&["--metrics", "127.0.0.1:0"]);
-    let metrics = metrics_addr(&server);
+    let metrics = server.metrics_addr();
     let rss_before = server.status_kib("VmRSS");
     let mut greedy = common::connect(metrics);
     greedy.set_nonblocking(true).unwrap();
@@ -287,17 +287,6 @@ fn a_scraper_that_never_reads_holds_bounded_memory() {
 }
 
 /// The metrics address the binary logged before its start-up line.
-fn metrics_addr(server: &ServerProcess) -> SocketAddr {
-    server
-        .startup_log
-        .iter()
-        .find_map(|line| line.split("Serving metrics at http://").nth(1))
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .expect("a line naming the metrics address")
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn metrics_address_in_use_or_unparsable_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -346,7 +335,7 @@ fn curl_scrapes_what_promtool_accepts() {
         return;
     }
     let server = ServerProcess::start(&["--metrics", "127.0.0.1:0"]);
-    let url = format!("http://{}/metrics", metrics_addr(&server));
+    let url = format!("http://{}/metrics", server.metrics_addr());
     let mut client = common::connect(server.addr());
     assert_echo(&mut client, b"something to count\n");
     let scraped = Command::new("curl").args(["-sSf", &url]).output().unwrap();

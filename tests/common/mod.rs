@@ -264,6 +264,17 @@ impl ServerProcess {
     }
 
     /// A field of /proc/PID/status in KiB (VmRSS, VmHWM, ...).
+    /// The scrape endpoint's address, from the start-up log (`--metrics` with port 0).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.startup_log
+            .iter()
+            .find_map(|line| line.split("Serving metrics at http://").nth(1))
+            .and_then(|rest| rest.strip_suffix("/metrics"))
+            .expect("a line naming the metrics address")
+            .parse()
+            .unwrap()
+    }
+
     pub fn status_kib(&self, field: &str) -> u64 {
         proc::status_kib(self.child.id(), field).unwrap()
     }
