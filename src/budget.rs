@@ -80,6 +80,7 @@ impl BufferBudget {
     }
 
     /// Where evictions stop, and where waiting connections may read again.
+    ///
     /// With a budget of fewer than eight reads, an eighth of it would not hold one read: a
     /// connection let go at the low mark would find no room for its read and ask again, for
     /// ever. The low mark is then as high as leaves room for one read.
@@ -185,7 +186,7 @@ mod tests {
     fn the_low_mark_leaves_room_for_one_read() {
         let large = BufferBudget::new(64 * 1024 * 1024, READ);
         assert_eq!(large.low_mark(), 56 * 1024 * 1024);
-        // An eighth of the smallest budget (two reads) is a quarter of a read.
+        // 7/8 of the smallest budget (two reads) would leave a quarter of a read free.
         let smallest = BufferBudget::new(2 * READ, READ);
         assert_eq!(smallest.low_mark(), READ);
     }

@@ -204,9 +204,10 @@ impl Server {
         }
     }
 
-    /// The work of a turn that no event announces, as Redis's `beforesleep`: connections
-    /// whose read budget ran out, accepting after a pause or a spent budget, idle expiry, and
-    /// the shutdown. Returns how the loop ends, once it does.
+    /// The work of a turn that no event announces, as Redis's `beforesleep`: room for
+    /// connections waiting on the buffer budget, connections whose read budget ran out,
+    /// accepting after a pause or a spent budget, idle expiry, and the shutdown. Returns how
+    /// the loop ends, once it does.
     fn before_sleep(&mut self, now: Instant) -> Option<Stopped> {
         self.connections
             .look_again_for_room(self.poll.registry(), now);
