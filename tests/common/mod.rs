@@ -263,7 +263,6 @@ impl ServerProcess {
         }
     }
 
-    /// A field of /proc/PID/status in KiB (VmRSS, VmHWM, ...).
     /// The scrape endpoint's address, from the start-up log (`--metrics` with port 0).
     pub fn metrics_addr(&self) -> SocketAddr {
         self.startup_log
@@ -275,6 +274,7 @@ impl ServerProcess {
             .unwrap()
     }
 
+    /// A field of /proc/PID/status in KiB (VmRSS, VmHWM, ...).
     pub fn status_kib(&self, field: &str) -> u64 {
         proc::status_kib(self.child.id(), field).unwrap()
     }
