@@ -19,9 +19,10 @@ use socket2::{Domain, Socket, Type};
 use crate::config::Config;
 use crate::metrics::AcceptCounts;
 
-/// Accepts per turn before the reactor serves its connections again, so that a flood of
-/// connection attempts cannot starve the clients already connected.
-const ACCEPTS_PER_TURN: usize = 256;
+/// Accepts per turn of the loop, so that a storm of connection attempts cannot hold back
+/// the clients already connected (Redis: `max-new-connections-per-cycle`, 10). When nothing
+/// else is waiting, turns follow each other at once and the queue drains at full speed.
+pub(crate) const ACCEPTS_PER_TURN: usize = 16;
 /// How long accepting pauses after the process or system ran out of a resource.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Repeated warnings of one kind are logged at most this often.
@@ -63,8 +64,8 @@ pub(crate) struct Acceptor {
     /// The listener may still have connections waiting (the accept budget ran out, or a
     /// pause ended): no readiness edge will announce them.
     more_waiting: bool,
-    /// Accepts left in this turn.
-    budget_left: usize,
+    /// Accepts left in this turn of the loop.
+    share_left: usize,
     resource_warning: RateLimit,
     limit_warning: RateLimit,
     address_warning: RateLimit,
@@ -120,7 +121,7 @@ impl Acceptor {
                 .filter(|_| !config.proxy_protocol),
             paused_until: None,
             more_waiting: false,
-            budget_left: ACCEPTS_PER_TURN,
+            share_left: ACCEPTS_PER_TURN,
             resource_warning: RateLimit::default(),
             limit_warning: RateLimit::default(),
             address_warning: RateLimit::default(),
@@ -147,6 +148,11 @@ impl Acceptor {
         self.counts
     }
 
+    /// Starts a turn of the loop: its share of accepts is whole again.
+    pub fn begin_turn(&mut self) {
+        self.share_left = ACCEPTS_PER_TURN;
+    }
+
     /// There is accepting left to do without waiting for an event.
     pub fn has_work(&self) -> bool {
         self.more_waiting
@@ -171,17 +177,15 @@ impl Acceptor {
         }
         let listener = self.listener.as_ref()?;
         loop {
-            if self.budget_left == 0 {
+            if self.share_left == 0 {
                 // Connections may still be waiting, and no edge will say so.
-                self.budget_left = ACCEPTS_PER_TURN;
                 self.more_waiting = true;
                 return None;
             }
-            self.budget_left -= 1;
+            self.share_left -= 1;
             let (socket, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.budget_left = ACCEPTS_PER_TURN;
                     self.more_waiting = false;
                     return None;
                 }
@@ -196,7 +200,6 @@ impl Acceptor {
                     }
                     self.paused_until = Some(now + ACCEPT_PAUSE);
                     self.counts.pauses += 1;
-                    self.budget_left = ACCEPTS_PER_TURN;
                     self.more_waiting = false;
                     return None;
                 }

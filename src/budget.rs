@@ -4,20 +4,20 @@
 //! per connection.
 //!
 //! It keeps the running total (adjusted around each connection's turn from two reads of its
-//! buffers' capacity, so requests pay no bookkeeping per byte), the connections waiting for
-//! room to read, and the choice of whom to close when the total must come down: the
-//! connections holding the most whose output has not moved since the last look. Once a
+//! buffers' capacity, so requests pay no bookkeeping per byte), an index of the holders by
+//! size, the connections waiting for room to read, and the choice of whom to close when the
+//! total must come down: among the largest holders, those whose output has not moved since
+//! the last look, the ones whose peer has stopped reading (its receive window closed, as
+//! `TCP_INFO` tells) before those whose bytes are only slow to be acknowledged (a lossy
+//! link). A look examines a fixed number of the largest holders, not every connection. Once a
 //! connection has asked for room, looks go on (one at the end of a turn, after the pause
 //! that follows a look that fell short) until the total is down to the low mark and the
 //! waiting are let go: a look can fall short because holders only seemed to make progress
 //! (their mark may date from long before), and the room a look made can be taken again by
 //! others before the turn ends; nothing else would wake a client waiting for its echo.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-
-use slab::Slab;
-
-use crate::connection::Connection;
 
 /// Once over the budget, evictions go on until the total is this fraction of it, so that
 /// one look at the table buys room for many more reads (and at least one: see
@@ -28,6 +28,21 @@ const LOW_MARK_EIGHTHS: usize = 7;
 /// this long: a look costs a pass over every connection, and it must not come with every
 /// request. The look is then made again, for as long as a connection still waits for room.
 const RESCAN_DELAY: Duration = Duration::from_millis(5);
+/// Holders a look examines, the largest first, when it may spare those making progress; a
+/// look over the budget goes further only to close the largest regardless, each one it
+/// examines then being one it closes. So a look costs O(log n) in the number of
+/// connections, plus O(log n) per connection it closes.
+const LOOK_DEPTH: usize = 64;
+
+/// What a look needs to know of one holder, from whoever owns the connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Holder {
+    /// The look epoch in which its queued output last moved (see [`BufferBudget::epoch`]).
+    pub progress_epoch: u64,
+    /// Its peer's receive window is open: the output is not moving because the network is
+    /// slow to acknowledge it (loss, retransmission), not because the peer stopped reading.
+    pub peer_window_open: bool,
+}
 
 pub(crate) struct BufferBudget {
     limit: usize,
@@ -35,6 +50,12 @@ pub(crate) struct BufferBudget {
     read_len: usize,
     /// Capacity of every connection's buffers, summed.
     total: usize,
+    /// Every connection holding buffers, as (capacity, key): the largest last.
+    holders: BTreeSet<(usize, usize)>,
+    /// Counts looks, from 1: a holder whose output moved in the current epoch made progress
+    /// since the last look. Connections note the epoch when their output moves, so a look
+    /// resets nobody's mark.
+    epoch: u64,
     /// Connections that stopped reading for want of room; read again once it is back.
     waiting: Vec<usize>,
     /// No look at the table before then: the last one fell short.
@@ -50,6 +71,8 @@ impl BufferBudget {
             limit,
             read_len,
             total: 0,
+            holders: BTreeSet::new(),
+            epoch: 1,
             waiting: Vec::new(),
             quiet_until: None,
             room_wanted: false,
@@ -70,9 +93,22 @@ impl BufferBudget {
         self.total - own
     }
 
-    /// A connection's buffers went from `before` to `after` bytes of capacity.
-    pub fn adjust(&mut self, before: usize, after: usize) {
+    /// The current look epoch: a connection whose queued output moves notes it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Connection `key`'s buffers went from `before` to `after` bytes of capacity.
+    pub fn adjust(&mut self, key: usize, before: usize, after: usize) {
         self.total = self.total + after - before;
+        if before != after {
+            if before > 0 {
+                self.holders.remove(&(before, key));
+            }
+            if after > 0 {
+                self.holders.insert((after, key));
+            }
+        }
     }
 
     pub fn is_over(&self) -> bool {
@@ -134,44 +170,62 @@ impl BufferBudget {
         self.room_wanted = false;
     }
 
-    /// The connections to close to bring the total under the low mark: those holding the
-    /// most whose output has not moved since the last look (every connection's progress
-    /// mark is reset here), never `spared`. When the total is over the budget and those are
-    /// not enough, the largest holders follow regardless of progress: the bound comes
-    /// first. Returns them with the capacity each frees.
+    /// The connections to close to bring the total under the low mark, never `spared`:
+    /// among the [`LOOK_DEPTH`] largest holders, those whose output has not moved since the
+    /// last look, the ones whose peer stopped reading first, each group largest first. When
+    /// the total is over the budget and those are not enough, the largest holders follow
+    /// regardless of progress: the bound comes first. `holder` tells about a key. Returns
+    /// them with the capacity each frees, and starts a new epoch.
     pub fn choose_evictions(
         &mut self,
-        connections: &mut Slab<Connection>,
         spared: Option<usize>,
         now: Instant,
+        holder: &mut dyn FnMut(usize) -> Holder,
     ) -> Vec<(usize, usize)> {
         let strict = self.is_over();
-        // (key, held, progressed): the idle ones first, then by size.
-        let mut candidates: Vec<(usize, usize, bool)> = connections
-            .iter_mut()
-            .filter_map(|(key, connection)| {
-                let progressed = connection.take_progress();
-                let held = connection.buffered_capacity();
-                (Some(key) != spared && held > 0 && (strict || !progressed))
-                    .then_some((key, held, progressed))
+        let epoch = self.epoch;
+        // (key, held, progressed, peer reading): stalled before slow, then by size.
+        let mut candidates: Vec<(usize, usize, bool, bool)> = self
+            .holders
+            .iter()
+            .rev()
+            .filter(|&&(_, key)| Some(key) != spared)
+            .take(LOOK_DEPTH)
+            .map(|&(held, key)| {
+                let state = holder(key);
+                (
+                    key,
+                    held,
+                    state.progress_epoch == epoch,
+                    state.peer_window_open,
+                )
             })
+            .filter(|&(_, _, progressed, _)| !progressed)
             .collect();
-        candidates
-            .sort_unstable_by_key(|&(_, held, progressed)| (progressed, std::cmp::Reverse(held)));
+        candidates.sort_by_key(|&(_, held, _, reading)| (reading, std::cmp::Reverse(held)));
         let mut total = self.total;
         let target = self.low_mark();
-        let chosen: Vec<(usize, usize)> = candidates
-            .into_iter()
-            .take_while(|&(_, held, _)| {
-                let needed = total > target;
-                if needed {
-                    total -= held;
+        let mut chosen: Vec<(usize, usize)> = Vec::new();
+        for (key, held, _, _) in candidates {
+            if total <= target {
+                break;
+            }
+            total -= held;
+            chosen.push((key, held));
+        }
+        if strict && total > target {
+            for &(held, key) in self.holders.iter().rev() {
+                if total <= target {
+                    break;
                 }
-                needed
-            })
-            .map(|(key, held, _)| (key, held))
-            .collect();
+                if Some(key) != spared && !chosen.iter().any(|&(k, _)| k == key) {
+                    total -= held;
+                    chosen.push((key, held));
+                }
+            }
+        }
         self.quiet_until = (total > target).then_some(now + RESCAN_DELAY);
+        self.epoch += 1;
         chosen
     }
 }
@@ -194,13 +248,12 @@ mod tests {
     #[test]
     fn a_look_that_falls_short_is_made_again_until_room_is_back() {
         let mut budget = BufferBudget::new(8 * READ, READ);
-        let mut nobody_to_close = Slab::new();
         let now = Instant::now();
-        budget.adjust(0, 7 * READ + 1);
+        budget.adjust(3, 0, 7 * READ + 1);
         budget.wait(3);
         assert!(budget.should_look(true, now));
         assert!(budget
-            .choose_evictions(&mut nobody_to_close, Some(3), now)
+            .choose_evictions(Some(3), now, &mut |_| unreachable!("only the spared holds"))
             .is_empty());
         assert_eq!(budget.next_look(now), Some(now + RESCAN_DELAY));
         // Asked again during the pause: no look, but the one due afterwards stands.
@@ -208,26 +261,26 @@ mod tests {
         assert_eq!(budget.next_look(now), Some(now + RESCAN_DELAY));
         assert!(budget.take_resumable().is_empty());
         // Once the total is down to the low mark, the waiting go on and no look is due.
-        budget.adjust(7 * READ + 1, 7 * READ);
+        budget.adjust(3, 7 * READ + 1, 7 * READ);
         assert_eq!(budget.next_look(now), None);
         assert_eq!(budget.take_resumable(), vec![3]);
-        budget.adjust(7 * READ, 7 * READ + 1);
+        budget.adjust(3, 7 * READ, 7 * READ + 1);
         assert_eq!(budget.next_look(now), None);
     }
 
     #[test]
     fn room_taken_again_before_the_waiting_go_on_is_looked_for_at_once() {
         let mut budget = BufferBudget::new(8 * READ, READ);
-        let mut nobody_to_close = Slab::new();
         let now = Instant::now();
-        budget.adjust(0, 7 * READ);
+        budget.adjust(3, 0, 7 * READ);
         budget.wait(3);
         assert!(budget.should_look(true, now));
         assert!(budget
-            .choose_evictions(&mut nobody_to_close, Some(3), now)
+            .choose_evictions(Some(3), now, &mut |_| unreachable!("only the spared holds"))
             .is_empty());
         // The look needed to close nobody, but others read before the turn ended.
-        budget.adjust(0, 1);
+        budget.adjust(4, 0, 1);
+        // (The one that read holds one byte: nobody spared would be chosen for that.)
         assert!(budget.take_resumable().is_empty());
         assert_eq!(budget.next_look(now), Some(now));
     }

@@ -17,17 +17,15 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use crate::access::AddressLimit;
+use crate::budget::Holder;
 use crate::handler::LineHandler;
 use crate::idle::{IdleLinks, Linked};
 use crate::line;
 use crate::metrics::Traffic;
 use crate::proxy;
-use crate::table::AddressLimit;
+use crate::schedule::{READ_SHARE, WRITE_SHARE};
 use crate::telnet::{self, Piece, Telnet};
-
-/// Reads one connection may make per readiness event before the reactor serves the others:
-/// a client that floods a fast loopback link must not starve everyone else.
-const READS_PER_TURN: usize = 16;
 
 /// Why a connection has to end early.
 #[derive(Debug)]
@@ -54,9 +52,9 @@ impl From<io::Error> for Fault {
 pub(crate) enum ReadOutcome {
     /// The socket has nothing more for now; a fresh readiness edge will come with new data.
     Drained,
-    /// The turn's budget ran out with data possibly still waiting: the reactor must come
-    /// back without waiting for an edge, which may never come.
-    BudgetSpent,
+    /// Its share of the turn ran out with data possibly still waiting: the reactor must
+    /// come back without waiting for an edge, which may never come.
+    ShareSpent,
     /// Reading is paused until unsent output drains (backpressure), or over for good.
     Stopped,
     /// Reading is paused because this connection holds buffered bytes and one more read
@@ -78,6 +76,8 @@ pub(crate) struct Turn<'a> {
     /// Buffer capacity held by every other connection, and the budget for all of them.
     pub others_buffered: usize,
     pub buffer_budget: usize,
+    /// The budget's look epoch, noted when queued output moves.
+    pub budget_epoch: u64,
     /// Per-address counts, where a PROXY header's address is counted when it arrives.
     pub addresses: Option<&'a mut AddressLimit>,
 }
@@ -107,9 +107,9 @@ pub(crate) struct Connection {
     /// The last piece answered was a cut piece of a long line: the next piece of that line
     /// does not count as another long line.
     in_long_line: bool,
-    /// Queued output went out since the buffer budget last looked: not a candidate for
-    /// eviction.
-    progressed: bool,
+    /// The buffer budget's look epoch in which queued output last went out: a holder that
+    /// made progress since the last look is not a candidate for eviction.
+    progress_epoch: u64,
     /// Reading waits for room in the buffer budget, or for this connection's own output to
     /// drain.
     budget_paused: bool,
@@ -119,8 +119,9 @@ pub(crate) struct Connection {
     /// With `--telnet`: the protocol layer between the socket and the framing. Boxed, so
     /// that a connection without it pays one pointer.
     telnet: Option<Box<TelnetLayer>>,
-    /// Already waiting in the reactor's list of connections to read again.
-    pub read_queued: bool,
+    /// The last flush stopped at its share with output left and the socket perhaps able
+    /// to take it: no writable edge will come, so the reactor must come back.
+    flush_cut: bool,
     idle: IdleLinks,
 }
 
@@ -170,11 +171,11 @@ impl Connection {
             write_shut: false,
             long_line_logged: false,
             in_long_line: false,
-            progressed: false,
+            progress_epoch: 0,
             budget_paused: false,
             awaiting_header: None,
             telnet: None,
-            read_queued: false,
+            flush_cut: false,
             idle: IdleLinks::new(now),
         }
     }
@@ -248,9 +249,12 @@ impl Connection {
         self.partial.capacity() + self.output.capacity()
     }
 
-    /// Whether queued output went out since the last call; resets the mark.
-    pub fn take_progress(&mut self) -> bool {
-        std::mem::take(&mut self.progressed)
+    /// What the buffer budget's look needs to know of this connection.
+    pub fn as_holder(&self) -> Holder {
+        Holder {
+            progress_epoch: self.progress_epoch,
+            peer_window_open: peer_window_open(&self.socket),
+        }
     }
 
     /// The server's drain half-closed this connection before the client closed it.
@@ -263,8 +267,13 @@ impl Connection {
         self.read_closed && self.pending_output() == 0
     }
 
+    /// Output is left that the socket may take now, with no edge to say so.
+    pub fn has_output_to_flush(&self) -> bool {
+        self.flush_cut
+    }
+
     /// Reads what the socket holds, answering every complete line, until the socket is
-    /// drained, the turn's budget is spent, or unsent output passes the high-water mark.
+    /// drained, its share of the turn is spent, or unsent output passes the high-water mark.
     ///
     /// Normally a read shorter than the buffer ends the turn: the socket is empty and the
     /// next byte brings a fresh edge. `until_would_block` says a short read proves nothing
@@ -280,7 +289,8 @@ impl Connection {
             return Ok(ReadOutcome::Stopped);
         }
         self.read_drained = false;
-        for _ in 0..READS_PER_TURN {
+        let mut read = 0;
+        while read < READ_SHARE {
             // A connection holding nothing is always read, so clients that read their echoes
             // are never starved; one that holds buffers waits while a read could take all
             // buffers past the budget, until its output drains or the total falls.
@@ -299,7 +309,10 @@ impl Connection {
                     }
                     return Ok(ReadOutcome::Stopped);
                 }
-                Ok(received) => received,
+                Ok(received) => {
+                    read += received;
+                    received
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.read_drained = true;
                     return Ok(ReadOutcome::Drained);
@@ -337,15 +350,18 @@ impl Connection {
                 return Ok(ReadOutcome::Drained);
             }
         }
-        Ok(ReadOutcome::BudgetSpent)
+        Ok(ReadOutcome::ShareSpent)
     }
 
-    /// Sends what the socket would not take before. Returns true when reading was paused
-    /// and may resume: the output fell to the low-water mark, or, for a connection waiting
-    /// on the buffer budget, drained.
+    /// Sends what the socket would not take before, up to a share of the turn. Returns true
+    /// when reading was paused and may resume: the output fell to the low-water mark, or,
+    /// for a connection waiting on the buffer budget, drained.
     pub fn flush(&mut self, turn: &mut Turn<'_>) -> io::Result<bool> {
-        let written = self.output.flush(&mut self.socket)?;
-        self.progressed |= written > 0;
+        let written = self.output.flush(&mut self.socket, WRITE_SHARE)?;
+        self.flush_cut = written == WRITE_SHARE && self.pending_output() > 0;
+        if written > 0 {
+            self.progress_epoch = turn.budget_epoch;
+        }
         turn.traffic.bytes_sent += written as u64;
         if self.read_paused && self.pending_output() <= turn.output_low_water {
             self.read_paused = false;
@@ -604,8 +620,7 @@ impl OutputBuffer {
     fn send(&mut self, socket: &mut TcpStream, answer: &[u8]) -> io::Result<usize> {
         if self.pending() > 0 {
             // Earlier output is still queued; this must wait behind it to keep the order.
-            self.compact();
-            self.bytes.extend_from_slice(answer);
+            self.queue(answer);
             return Ok(0);
         }
         let sent = write_until_blocked(socket, answer)?;
@@ -633,10 +648,11 @@ impl OutputBuffer {
         self.send(socket, answer)
     }
 
-    /// Sends what is queued, as far as the socket takes it; releases the buffer once empty.
-    /// Returns the bytes written.
-    fn flush(&mut self, socket: &mut TcpStream) -> io::Result<usize> {
-        let written = write_until_blocked(socket, &self.bytes[self.sent..])?;
+    /// Sends what is queued, as far as the socket takes it and at most `limit` bytes;
+    /// releases the buffer once empty. Returns the bytes written.
+    fn flush(&mut self, socket: &mut TcpStream, limit: usize) -> io::Result<usize> {
+        let end = self.bytes.len().min(self.sent + limit);
+        let written = write_until_blocked(socket, &self.bytes[self.sent..end])?;
         self.sent += written;
         if self.pending() == 0 && self.bytes.capacity() > 0 {
             *self = OutputBuffer::default();
@@ -644,14 +660,19 @@ impl OutputBuffer {
         Ok(written)
     }
 
-    /// Moves unsent output to the front once the sent prefix is at least as long, so the
-    /// buffer tracks what is pending rather than everything ever queued; each byte is moved
-    /// at most once on average.
-    fn compact(&mut self) {
-        if self.sent > 0 && self.sent >= self.pending() {
+    /// Appends `answer` behind what is queued. The buffer budget counts capacity, so the
+    /// buffer grows only when it must and only by what it needs: the sent prefix is dropped
+    /// first, and `Vec`'s doubling, which could take the total past the budget by as much
+    /// as the buffer already holds, is not used. The sent prefix is also dropped once it is
+    /// at least as long as what is pending, so each byte is moved at most once on average.
+    fn queue(&mut self, answer: &[u8]) {
+        let grows = self.bytes.len() + answer.len() > self.bytes.capacity();
+        if self.sent > 0 && (grows || self.sent >= self.pending()) {
             self.bytes.drain(..self.sent);
             self.sent = 0;
         }
+        self.bytes.reserve_exact(answer.len());
+        self.bytes.extend_from_slice(answer);
     }
 }
 
@@ -668,6 +689,30 @@ fn write_until_blocked(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<usize
         }
     }
     Ok(sent)
+}
+
+/// Whether the peer's receive window is open, from `TCP_INFO`: with output unsent, a closed
+/// window means the peer stopped reading, an open one that the network has yet to carry or
+/// acknowledge what was sent. A kernel that does not say (before Linux 5.4) or an error
+/// answers false: no preference then.
+fn peer_window_open(socket: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it and
+    // says how many it wrote.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let result = libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        let window_end =
+            std::mem::offset_of!(libc::tcp_info, tcpi_snd_wnd) + std::mem::size_of::<u32>();
+        result == 0 && len as usize >= window_end && info.tcpi_snd_wnd >= info.tcpi_snd_mss.max(1)
+    }
 }
 
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {

@@ -19,6 +19,7 @@
 //! ```
 
 mod accept;
+mod access;
 mod budget;
 pub mod config;
 mod connection;
@@ -27,6 +28,7 @@ mod idle;
 pub mod line;
 mod metrics;
 mod proxy;
+mod schedule;
 mod server;
 mod shutdown;
 mod table;

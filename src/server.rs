@@ -2,9 +2,10 @@
 //! `Slab` of connections.
 //!
 //! This is the only module that knows about `Poll`. Each turn of [`Server::run`] waits for
-//! events, dispatches each one (to the acceptor, the shutdown, or a connection), then takes
-//! one step before sleeping again: leftover reads, resumed accepting, idle expiry and the
-//! drain check. A faulty connection is isolated by dropping its entry in the connection
+//! events, serves the connections the schedule says are owed first, dispatches each event
+//! (to the acceptor, the shutdown, the metrics endpoint, or a connection, within the turn's
+//! shares: see `schedule.rs`), serves the backlog's share, then takes one step before
+//! sleeping again: resumed accepting, idle expiry and the drain check. A faulty connection is isolated by dropping its entry in the connection
 //! table, as the Elixir original's temporary tasks are. The reactor also owns what every
 //! connection shares because the loop is single-threaded: the read buffer, the handler and
 //! its scratch buffer.
@@ -22,6 +23,7 @@ use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
 use crate::handler::{Echo, LineHandler};
 use crate::metrics::endpoint::MetricsEndpoint;
 use crate::metrics::{CloseReason, Snapshot, Traffic};
+use crate::schedule::Schedule;
 use crate::shutdown::{ServiceManager, Shutdown, ShutdownHandle, Stopped};
 use crate::table::{ConnectionTable, Ending, TurnParts};
 
@@ -29,6 +31,9 @@ const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 const METRICS: Token = Token(usize::MAX - 4);
+/// Keys the schedule remembers once every connection has gone; after a larger burst its
+/// memory is given back, as the connection table gives back its slab.
+const SCHEDULE_KEYS_KEPT: usize = 1024;
 
 /// A line server bound to its address, ready to [`run`](Server::run).
 pub struct Server {
@@ -37,6 +42,8 @@ pub struct Server {
     shutdown: Shutdown,
     config: Config,
     connections: ConnectionTable,
+    /// Who is served next, and how much one turn does.
+    schedule: Schedule,
     handler: Box<dyn LineHandler>,
     /// The one read buffer of the whole reactor; connections copy out only what they keep.
     read_buffer: Box<[u8]>,
@@ -107,6 +114,7 @@ impl Server {
             acceptor,
             shutdown,
             connections: ConnectionTable::new(&config),
+            schedule: Schedule::default(),
             handler,
             read_buffer: vec![0; config.read_buffer_bytes].into_boxed_slice(),
             scratch: Vec::new(),
@@ -164,9 +172,20 @@ impl Server {
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
+            self.schedule.begin_turn();
+            self.acceptor.begin_turn();
+            while let Some(key) = self.schedule.next_fresh() {
+                let moved = self.serve(key, Readiness::OWED, now);
+                self.schedule.charge_fresh(moved);
+            }
             for event in events.iter() {
                 self.dispatch(event, now);
             }
+            while let Some(key) = self.schedule.next_backlog() {
+                let moved = self.serve(key, Readiness::OWED, now);
+                self.schedule.charge_backlog(moved);
+            }
+            self.serve_owed_scrapers(now);
             let stopped = match self.shutdown.forced() {
                 Some(stopped) => Some(stopped),
                 None => self.before_sleep(now),
@@ -193,31 +212,39 @@ impl Server {
             }
             token if MetricsEndpoint::owns(token) => self.serve_scraper(token, now),
             Token(key) => {
+                if !self.schedule.on_event(key) {
+                    return; // Owed a service already, or this turn's share is spent.
+                }
                 // Errors and hang-ups surface through the read that follows.
                 let readiness = Readiness {
                     readable: event.is_readable() || event.is_read_closed() || event.is_error(),
                     until_would_block: event.is_read_closed() || event.is_error(),
                     writable: event.is_writable() || event.is_write_closed(),
                 };
-                self.serve(key, readiness, now);
+                let moved = self.serve(key, readiness, now);
+                self.schedule.charge_fresh(moved);
             }
         }
     }
 
     /// The work of a turn that no event announces, as Redis's `beforesleep`: room for
-    /// connections waiting on the buffer budget, connections whose read budget ran out,
-    /// accepting after a pause or a spent budget, idle expiry, and the shutdown. Returns how
-    /// the loop ends, once it does.
+    /// connections waiting on the buffer budget (they join the backlog), accepting after a
+    /// pause or a spent share, idle expiry, and the shutdown. Returns how the loop ends,
+    /// once it does.
     fn before_sleep(&mut self, now: Instant) -> Option<Stopped> {
         self.connections
             .look_again_for_room(self.poll.registry(), now);
-        self.connections.resume_budget_waiters();
-        self.read_again_now(now);
+        for key in self.connections.resume_budget_waiters() {
+            self.schedule.requeue(key);
+        }
         self.acceptor.resume_if_due(now);
         if self.acceptor.has_work() {
             self.accept(now);
         }
         self.connections.expire_idle(self.poll.registry(), now);
+        if self.connections.len() == 0 {
+            self.schedule.shrink_when_idle(SCHEDULE_KEYS_KEPT);
+        }
         self.connections.expire_headers(self.poll.registry(), now);
         if let Some(metrics) = self.metrics.as_mut() {
             metrics.expire(self.poll.registry(), now);
@@ -232,7 +259,8 @@ impl Server {
     /// How long the next poll may wait: until the nearest timer, or not at all when work
     /// is left over from the last turn.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.connections.has_reads_queued() || self.acceptor.has_work() {
+        let scrapers_owed = self.metrics.as_ref().is_some_and(MetricsEndpoint::has_work);
+        if self.schedule.has_work() || self.acceptor.has_work() || scrapers_owed {
             return Some(Duration::ZERO);
         }
         [
@@ -296,19 +324,22 @@ impl Server {
         }
     }
 
-    /// Handles readiness on one connection, and drops it if it finished or failed. A panic
-    /// anywhere in here ends this connection alone.
-    fn serve(&mut self, key: usize, readiness: Readiness, now: Instant) {
+    /// Handles readiness on one connection within its share of the turn, queues it for
+    /// another turn if work is left, and drops it if it finished or failed. A panic anywhere
+    /// in here ends this connection alone. Returns the bytes it moved, read and written.
+    fn serve(&mut self, key: usize, readiness: Readiness, now: Instant) -> usize {
         let Some(TurnParts {
             connection,
             addresses,
             held,
             others_buffered,
             buffer_budget,
+            budget_epoch,
         }) = self.connections.turn_parts(key)
         else {
-            return; // A stale event for a connection closed earlier in this turn.
+            return 0; // A stale event for a connection closed earlier in this turn.
         };
+        let moved_before = self.traffic.bytes_received + self.traffic.bytes_sent;
         let mut turn = Turn {
             read_buffer: &mut self.read_buffer,
             scratch: &mut self.scratch,
@@ -319,6 +350,7 @@ impl Server {
             traffic: &mut self.traffic,
             others_buffered,
             buffer_budget,
+            budget_epoch,
             addresses,
         };
         let result = catch_unwind(AssertUnwindSafe(|| {
@@ -338,6 +370,8 @@ impl Server {
             CloseReason::ClientClosed
         };
         let over_budget = matches!(outcome, Ok(ReadOutcome::OverBudget));
+        let work_left =
+            matches!(outcome, Ok(ReadOutcome::ShareSpent)) || connection.has_output_to_flush();
         // Waiting with no echoes unsent: only room in the budget lets it go on.
         let room_wanted = over_budget && connection.waits_for_room();
         // Accounted while the connection is still in the table: closing it settles the rest.
@@ -347,15 +381,16 @@ impl Server {
         match outcome {
             Err(fault) => self.connections.close(registry, key, Ending::Fault(fault)),
             Ok(_) if finished => self.connections.close(registry, key, Ending::Quiet(ended)),
-            Ok(outcome) => {
-                if outcome == ReadOutcome::BudgetSpent {
-                    self.connections.queue_read(key);
+            Ok(_) => {
+                if work_left {
+                    self.schedule.requeue(key);
                 }
                 self.connections.touch(key, now);
             }
         }
         self.connections
             .enforce_budget(registry, key, room_wanted, now);
+        (self.traffic.bytes_received + self.traffic.bytes_sent - moved_before) as usize
     }
 
     /// Answers a metrics scraper from a snapshot taken when its request is complete.
@@ -369,6 +404,20 @@ impl Server {
         metrics.serve(self.poll.registry(), token, now, &mut snapshot);
     }
 
+    /// Serves the scrapers whose share of an earlier turn ran out.
+    fn serve_owed_scrapers(&mut self, now: Instant) {
+        let Some(metrics) = self.metrics.as_mut() else {
+            return;
+        };
+        if !metrics.has_work() {
+            return;
+        }
+        let (acceptor, connections, traffic) = (&self.acceptor, &self.connections, self.traffic);
+        let started = self.started;
+        let mut snapshot = || take_snapshot(acceptor, connections, traffic, started);
+        metrics.serve_owed(self.poll.registry(), now, &mut snapshot);
+    }
+
     fn snapshot(&self) -> Snapshot {
         take_snapshot(
             &self.acceptor,
@@ -378,21 +427,6 @@ impl Server {
         )
     }
 
-    /// Reads the connections whose budget ran out mid-stream: no edge will say what is
-    /// still waiting for them.
-    fn read_again_now(&mut self, now: Instant) {
-        let keys = self.connections.take_read_queue();
-        let readiness = Readiness {
-            readable: true,
-            until_would_block: true,
-            writable: false,
-        };
-        for &key in &keys {
-            self.serve(key, readiness, now);
-        }
-        self.connections.reuse_read_queue(keys);
-    }
-
     /// Stops accepting and starts draining every connection.
     fn begin_shutdown(&mut self, now: Instant) {
         if self.acceptor.owns_queue() {
@@ -400,6 +434,7 @@ impl Server {
             // it acknowledged those handshakes: take them in, and they drain like the rest.
             // A queue that a service manager holds is left for the next instance.
             loop {
+                self.acceptor.begin_turn();
                 self.accept(now);
                 if !self.acceptor.has_work() {
                     break;
@@ -412,14 +447,9 @@ impl Server {
             if let Some(connection) = self.connections.get_mut(key) {
                 connection.begin_drain();
             }
-            // Read what already arrived (it was acknowledged) and half-close if all is out.
-            // Edges of a paused connection went unanswered, so read until WouldBlock.
-            let readiness = Readiness {
-                readable: true,
-                until_would_block: true,
-                writable: true,
-            };
-            self.serve(key, readiness, now);
+            // Read what already arrived (it was acknowledged) and half-close if all is out;
+            // what a share of this turn leaves goes on through the backlog.
+            self.serve(key, Readiness::OWED, now);
         }
     }
 }
@@ -432,6 +462,17 @@ struct Readiness {
     /// reported the client's FIN or an error, or edges may have gone unanswered.
     until_would_block: bool,
     writable: bool,
+}
+
+impl Readiness {
+    /// A service owed without an event in hand (queued, resumed, or draining): events that
+    /// came meanwhile were folded into it, and edges may have gone unanswered, so it reads
+    /// until `WouldBlock` (within its share) and writes.
+    const OWED: Readiness = Readiness {
+        readable: true,
+        until_would_block: true,
+        writable: true,
+    };
 }
 
 fn serve_connection(

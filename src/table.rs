@@ -1,13 +1,12 @@
 //! The connection table: every connection being served, in a `Slab` whose keys are the mio
-//! tokens, with the idle list that orders them by activity and the queue of connections to
-//! read again without waiting for an event.
+//! tokens, with the idle list that orders them by activity.
 //!
 //! It exists so that letting a connection in and dropping it are each one function: a
 //! connection enters registered for both directions and linked into the idle list, and
 //! leaves deregistered, unlinked and closed, with one log line naming the peer. Dropping a
 //! slab entry is how a faulty connection is isolated.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::accept::{suppressed_note, RateLimit};
+use crate::access::AddressLimit;
 use crate::budget::BufferBudget;
 use crate::config::Config;
 use crate::connection::{Connection, Fault};
@@ -31,8 +30,6 @@ pub(crate) struct ConnectionTable {
     /// Present when connections time out after a quiet spell or may be evicted when idle.
     idle: Option<IdleList>,
     idle_timeout: Option<Duration>,
-    /// Connections whose read budget ran out while data may still be waiting.
-    read_again: Vec<usize>,
     budget: BufferBudget,
     /// Connections per client address, kept only under `--max-connections-per-ip`.
     per_address: Option<AddressLimit>,
@@ -55,7 +52,6 @@ impl ConnectionTable {
             slab: Slab::new(),
             idle: shortest.map(|time| IdleList::new((time / 8).min(Duration::from_secs(1)))),
             idle_timeout: config.idle_timeout,
-            read_again: Vec::new(),
             budget: BufferBudget::new(config.max_buffered_bytes, config.read_buffer_bytes),
             per_address: config.max_connections_per_ip.map(AddressLimit::new),
             header_timeout: config.proxy_protocol.then_some(config.proxy_header_timeout),
@@ -78,6 +74,7 @@ impl ConnectionTable {
             held,
             others_buffered: self.budget.others(held),
             buffer_budget: self.budget.limit(),
+            budget_epoch: self.budget.epoch(),
             connection,
             addresses: self.per_address.as_mut(),
         })
@@ -86,7 +83,7 @@ impl ConnectionTable {
     /// After a connection's turn: its buffers' capacity went from `before` to `after`. A
     /// connection that stopped for want of room waits for it.
     pub fn account(&mut self, key: usize, before: usize, after: usize, over_budget: bool) {
-        self.budget.adjust(before, after);
+        self.budget.adjust(key, before, after);
         if over_budget {
             self.budget.wait(key);
         }
@@ -136,7 +133,10 @@ impl ConnectionTable {
     }
 
     fn evict_for_budget(&mut self, registry: &Registry, spared: Option<usize>, now: Instant) {
-        let evictions = self.budget.choose_evictions(&mut self.slab, spared, now);
+        let slab = &self.slab;
+        let evictions = self
+            .budget
+            .choose_evictions(spared, now, &mut |key| slab[key].as_holder());
         for (key, held) in evictions {
             log::warn!(
                 "{}: holds {held} buffered bytes, the most, while all connections' buffers \
@@ -148,13 +148,12 @@ impl ConnectionTable {
         }
     }
 
-    /// Queues the connections that stopped for want of room, once there is room again.
-    pub fn resume_budget_waiters(&mut self) {
-        for key in self.budget.take_resumable() {
-            if self.slab.contains(key) {
-                self.queue_read(key);
-            }
-        }
+    /// The connections that stopped for want of room, once there is room again: they are
+    /// to be read without waiting for an event.
+    pub fn resume_budget_waiters(&mut self) -> Vec<usize> {
+        let mut keys = self.budget.take_resumable();
+        keys.retain(|&key| self.slab.contains(key));
+        keys
     }
 
     /// Makes room for one more connection by closing the least recently active one, if it
@@ -258,38 +257,6 @@ impl ConnectionTable {
         }
     }
 
-    /// Remembers to read this connection again before the next wait.
-    pub fn queue_read(&mut self, key: usize) {
-        let connection = &mut self.slab[key];
-        if !connection.read_queued {
-            connection.read_queued = true;
-            self.read_again.push(key);
-        }
-    }
-
-    /// The connections queued to be read again, emptying the queue; hand the list back with
-    /// [`ConnectionTable::reuse_read_queue`] to keep its allocation.
-    pub fn take_read_queue(&mut self) -> Vec<usize> {
-        let keys = std::mem::take(&mut self.read_again);
-        for &key in &keys {
-            if let Some(connection) = self.slab.get_mut(key) {
-                connection.read_queued = false;
-            }
-        }
-        keys
-    }
-
-    pub fn reuse_read_queue(&mut self, mut keys: Vec<usize>) {
-        if self.read_again.is_empty() {
-            keys.clear();
-            self.read_again = keys;
-        }
-    }
-
-    pub fn has_reads_queued(&self) -> bool {
-        !self.read_again.is_empty()
-    }
-
     /// When the first connection still awaiting its PROXY header must have it.
     pub fn next_header_deadline(&self) -> Option<Instant> {
         self.awaiting_headers.front().map(|&(deadline, _)| deadline)
@@ -348,7 +315,7 @@ impl ConnectionTable {
         }
         let mut connection = self.slab.remove(key);
         self.closed.add(ending.reason(), 1);
-        self.budget.adjust(connection.buffered_capacity(), 0);
+        self.budget.adjust(key, connection.buffered_capacity(), 0);
         // A connection still awaiting its PROXY header was never counted under an address.
         if let (Some(limit), None) = (self.per_address.as_mut(), connection.header_deadline()) {
             limit.remove(connection.peer().ip());
@@ -376,61 +343,7 @@ pub(crate) struct TurnParts<'a> {
     pub held: usize,
     pub others_buffered: usize,
     pub buffer_budget: usize,
-}
-
-/// Connections per client address, and the limit on them (`--max-connections-per-ip`).
-pub(crate) struct AddressLimit {
-    counts: HashMap<IpAddr, usize>,
-    limit: usize,
-    warning: RateLimit,
-}
-
-impl AddressLimit {
-    fn new(limit: usize) -> Self {
-        AddressLimit {
-            counts: HashMap::new(),
-            limit,
-            warning: RateLimit::default(),
-        }
-    }
-
-    fn count(&self, ip: IpAddr) -> usize {
-        self.counts.get(&ip).copied().unwrap_or(0)
-    }
-
-    fn add(&mut self, ip: IpAddr) -> usize {
-        let count = self.counts.entry(ip).or_insert(0);
-        *count += 1;
-        *count
-    }
-
-    fn remove(&mut self, ip: IpAddr) {
-        if let Some(count) = self.counts.get_mut(&ip) {
-            *count -= 1;
-            if *count == 0 {
-                self.counts.remove(&ip);
-            }
-        }
-    }
-
-    /// Counts a connection under `peer`'s address, known only now (from a PROXY header);
-    /// false, with a rate-limited warning, if that takes the address over its limit. The
-    /// connection is counted either way: closing it uncounts it.
-    pub fn admit(&mut self, peer: SocketAddr) -> bool {
-        if self.add(peer.ip()) <= self.limit {
-            return true;
-        }
-        if let Some(suppressed) = self.warning.allow(Instant::now()) {
-            log::warn!(
-                "{} already holds {} connections (--max-connections-per-ip); closing the new \
-                 one from {peer}{}",
-                peer.ip(),
-                self.limit,
-                suppressed_note(suppressed)
-            );
-        }
-        false
-    }
+    pub budget_epoch: u64,
 }
 
 /// How a connection ends: as expected, or through a fault.

@@ -2,9 +2,13 @@
 //! served by the same event loop as the echo clients, with HTTP/1.0 and 1.1 parsed by
 //! `httparse`.
 //!
-//! A scraper is bounded like any client: at most a few at once, a request size cap, no
-//! reading while its answer is unsent, and a time-out for each request to arrive and each
-//! answer to leave. None of it touches the echo connections, which live in their own table.
+//! A scraper is bounded like any client: at most a few at once, a request size cap however
+//! the bytes arrive, no reading while its answer is unsent, a time-out for each request to
+//! arrive and each answer to leave, and a share of each turn of the loop: a scraper that
+//! pipelines requests gets a few answers, then waits for its next turn like everyone else.
+//! None of it touches the echo connections, which live in their own table.
+
+use std::collections::VecDeque;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -23,9 +27,13 @@ const MAX_SCRAPERS: usize = 16;
 /// Longest request (request line and headers) read before answering 400.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 const MAX_HEADERS: usize = 64;
-/// Unsent answers above which no further pipelined request is answered until they drain:
-/// a scraper that never reads holds at most this (plus one answer) of the server's memory.
-const MAX_OUTPUT_BYTES: usize = 64 * 1024;
+/// Answers one scraper gets per turn of the loop; a pipelining scraper then waits for its
+/// next turn, so that scrapes never delay the echo for long. Each answer is rendered from a
+/// fresh snapshot, about 3 KiB of text here.
+const ANSWERS_PER_TURN: usize = 4;
+/// Reads of what follows a scraper's last request (after the server closed its side) per
+/// turn: a scraper that keeps sending after that must not keep the loop to itself.
+const DISCARDS_PER_TURN: usize = 4;
 /// Tokens of scraper connections start here, far above any echo connection's slab key.
 pub(crate) const FIRST_SCRAPER_TOKEN: usize = usize::MAX / 2;
 
@@ -33,6 +41,8 @@ pub(crate) struct MetricsEndpoint {
     listener: TcpListener,
     local_addr: SocketAddr,
     scrapers: Slab<Scraper>,
+    /// Scrapers whose share of a turn ran out with work left, which no edge will announce.
+    owed: VecDeque<usize>,
     /// How long a scraper may take to send a request, or to take its answer.
     timeout: Duration,
 }
@@ -53,6 +63,19 @@ struct Scraper {
     write_shut: bool,
     /// The scraper has sent its end of stream: answer what is here, then close.
     read_closed: bool,
+    /// Waits in the endpoint's queue of scrapers owed a turn.
+    owed: bool,
+}
+
+/// Where a scraper's turn left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Its next bytes, or room in its socket, bring an edge.
+    Waiting,
+    /// Its share of the turn ran out with work left.
+    ShareSpent,
+    /// Everything it asked for is answered and sent: the connection is over.
+    Done,
 }
 
 /// What one request gets.
@@ -81,6 +104,7 @@ impl MetricsEndpoint {
             listener,
             local_addr,
             scrapers: Slab::new(),
+            owed: VecDeque::new(),
             timeout,
         })
     }
@@ -129,6 +153,7 @@ impl MetricsEndpoint {
                 closing: false,
                 write_shut: false,
                 read_closed: false,
+                owed: false,
             });
         }
     }
@@ -146,9 +171,51 @@ impl MetricsEndpoint {
         let Some(scraper) = self.scrapers.get_mut(key) else {
             return;
         };
+        if scraper.owed {
+            return; // Its turn in the queue covers this event too.
+        }
+        self.serve_one(registry, key, now, snapshot);
+    }
+
+    /// Serves, once each, the scrapers whose share of an earlier turn ran out.
+    pub fn serve_owed(
+        &mut self,
+        registry: &Registry,
+        now: Instant,
+        snapshot: &mut dyn FnMut() -> Snapshot,
+    ) {
+        for _ in 0..self.owed.len() {
+            let Some(key) = self.owed.pop_front() else {
+                return;
+            };
+            match self.scrapers.get_mut(key) {
+                Some(scraper) if scraper.owed => scraper.owed = false,
+                _ => continue, // Closed since.
+            }
+            self.serve_one(registry, key, now, snapshot);
+        }
+    }
+
+    /// Work is owed that no event will announce.
+    pub fn has_work(&self) -> bool {
+        !self.owed.is_empty()
+    }
+
+    fn serve_one(
+        &mut self,
+        registry: &Registry,
+        key: usize,
+        now: Instant,
+        snapshot: &mut dyn FnMut() -> Snapshot,
+    ) {
+        let scraper = &mut self.scrapers[key];
         match scraper.serve(now, self.timeout, snapshot) {
-            Ok(true) => {}
-            Ok(false) => self.close(registry, key, None),
+            Ok(Progress::Waiting) => {}
+            Ok(Progress::ShareSpent) => {
+                scraper.owed = true;
+                self.owed.push_back(key);
+            }
+            Ok(Progress::Done) => self.close(registry, key, None),
             Err(e) => self.close(registry, key, Some(e)),
         }
     }
@@ -186,17 +253,19 @@ impl MetricsEndpoint {
 }
 
 impl Scraper {
-    /// One turn: send what is pending, answer complete requests (while the unsent output
-    /// stays under its cap), read more. `Ok(false)` when the connection is over.
+    /// One turn: send what is pending, answer complete requests one at a time (each sent
+    /// before the next is answered, so unsent output is at most one answer), read more,
+    /// up to the turn's share of answers.
     fn serve(
         &mut self,
         now: Instant,
         timeout: Duration,
         snapshot: &mut dyn FnMut() -> Snapshot,
-    ) -> io::Result<bool> {
+    ) -> io::Result<Progress> {
+        let mut answers = 0;
         loop {
             if !self.flush(now, timeout)? {
-                return Ok(true); // The socket is full: its writable edge brings us back.
+                return Ok(Progress::Waiting); // The socket is full: its writable edge.
             }
             if self.write_shut {
                 return self.discard_until_end();
@@ -208,14 +277,18 @@ impl Scraper {
                 self.write_shut = true;
                 continue;
             }
-            if self.answer_requests(now, timeout, snapshot) {
+            if answers == ANSWERS_PER_TURN {
+                return Ok(Progress::ShareSpent);
+            }
+            if self.answer_one(now, timeout, snapshot) {
+                answers += 1;
                 continue;
             }
             if self.read_closed {
-                return Ok(false); // Everything it asked for is answered and sent.
+                return Ok(Progress::Done); // Everything it asked for is answered and sent.
             }
             if !self.read()? {
-                return Ok(true); // Nothing new: its next bytes bring a readable edge.
+                return Ok(Progress::Waiting); // Nothing new: its next bytes bring an edge.
             }
         }
     }
@@ -241,85 +314,85 @@ impl Scraper {
         Ok(true)
     }
 
-    /// Reads what has arrived, up to the request cap and one read more. True if anything
-    /// new came in, the end of stream included.
+    /// Reads once, at most as much as takes the unanswered input one byte past the request
+    /// cap (which is then answered 400, whatever the split). True if anything new came in,
+    /// the end of stream included.
     fn read(&mut self) -> io::Result<bool> {
         let mut chunk = [0u8; 4096];
-        let mut got = false;
-        while self.input.len() <= MAX_REQUEST_BYTES {
-            match self.socket.read(&mut chunk) {
+        let room = (MAX_REQUEST_BYTES + 1).saturating_sub(self.input.len());
+        let want = room.clamp(1, chunk.len());
+        loop {
+            return match self.socket.read(&mut chunk[..want]) {
                 Ok(0) => {
                     self.read_closed = true;
-                    return Ok(true);
+                    Ok(true)
                 }
                 Ok(n) => {
                     self.input.extend_from_slice(&chunk[..n]);
-                    got = true;
+                    Ok(true)
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
         }
-        Ok(got)
     }
 
-    /// After our FIN: read and drop until the scraper closes too.
-    fn discard_until_end(&mut self) -> io::Result<bool> {
+    /// After our FIN: read and drop until the scraper closes too, a few reads a turn.
+    fn discard_until_end(&mut self) -> io::Result<Progress> {
         let mut chunk = [0u8; 4096];
-        loop {
+        for _ in 0..DISCARDS_PER_TURN {
             match self.socket.read(&mut chunk) {
-                Ok(0) => return Ok(false),
+                Ok(0) => return Ok(Progress::Done),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Waiting),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        Ok(Progress::ShareSpent)
     }
 
-    /// Answers complete requests in `input`, in order, until none is left, the unsent
-    /// output reaches its cap, or an answer closes the connection. True if it answered any.
-    fn answer_requests(
+    /// Answers the first request in `input` if it is complete (or can never be: too large,
+    /// malformed, or cut short by the end of stream). True if it answered.
+    fn answer_one(
         &mut self,
         now: Instant,
         timeout: Duration,
         snapshot: &mut dyn FnMut() -> Snapshot,
     ) -> bool {
-        let mut answered = false;
-        while !self.input.is_empty() && !self.closing && self.output.len() < MAX_OUTPUT_BYTES {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut request = httparse::Request::new(&mut headers);
-            let (answer, used) = match request.parse(&self.input) {
-                Ok(httparse::Status::Complete(used)) => (respond(&request, snapshot), used),
-                Ok(httparse::Status::Partial)
-                    if self.input.len() <= MAX_REQUEST_BYTES && !self.read_closed =>
-                {
-                    break;
-                }
-                Ok(httparse::Status::Partial) if self.read_closed => (
-                    Answer::error("400 Bad Request", "incomplete request\n"),
-                    self.input.len(),
-                ),
-                Ok(httparse::Status::Partial) => (
-                    Answer::error("400 Bad Request", "request too large\n"),
-                    self.input.len(),
-                ),
-                Err(e) => (
-                    Answer::error("400 Bad Request", &format!("malformed request: {e}\n")),
-                    self.input.len(),
-                ),
-            };
-            self.input.drain(..used);
-            self.closing = answer.close;
-            self.deadline = now + timeout;
-            answer.write_to(&mut self.output);
-            answered = true;
+        if self.input.is_empty() {
+            return false;
         }
-        if self.input.is_empty() && self.input.capacity() > 0 {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        let too_large = || Answer::error("400 Bad Request", "request too large\n");
+        let (answer, used) = match request.parse(&self.input) {
+            Ok(httparse::Status::Complete(used)) if used > MAX_REQUEST_BYTES => {
+                (too_large(), self.input.len())
+            }
+            Ok(httparse::Status::Complete(used)) => (respond(&request, snapshot), used),
+            Ok(httparse::Status::Partial) if self.input.len() > MAX_REQUEST_BYTES => {
+                (too_large(), self.input.len())
+            }
+            Ok(httparse::Status::Partial) if self.read_closed => (
+                Answer::error("400 Bad Request", "incomplete request\n"),
+                self.input.len(),
+            ),
+            Ok(httparse::Status::Partial) => return false,
+            Err(e) => (
+                Answer::error("400 Bad Request", &format!("malformed request: {e}\n")),
+                self.input.len(),
+            ),
+        };
+        self.input.drain(..used);
+        if self.input.is_empty() {
             self.input = Vec::new();
         }
-        answered
+        self.closing = answer.close;
+        self.deadline = now + timeout;
+        answer.write_to(&mut self.output);
+        true
     }
 }
 

@@ -1,11 +1,14 @@
-//! What kv_server's integration tests and its load generator (`examples/kv_load`) both need:
-//! a byte pattern that makes a misplaced or repeated chunk of an echo visible, and readers of
-//! another process's CPU time, memory and descriptors from `/proc`.
+//! What kv_server's integration tests and its load generators (`examples/kv_load`,
+//! `examples/kv_crowd`) both need: a byte pattern that makes a misplaced or repeated chunk of
+//! an echo visible, readers of another process's CPU time, memory and descriptors from
+//! `/proc`, and crowds of clients from many loopback addresses.
 //!
 //! It is a crate of its own so that the two are written once and neither is installed with
 //! the server.
 
 use std::io;
+
+pub mod crowd;
 
 /// A deterministic, incompressible-looking byte pattern covering every byte value except
 /// `\n` (which becomes `\r`), so that a misplaced or repeated chunk cannot go unnoticed.

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 pub mod captured_log;
 pub mod churn;
-pub mod crowd;
+#[allow(unused_imports)] // Each test binary uses its own subset of these helpers.
+pub use kv_testkit::crowd;
 
 use kv_server::{Config, LineHandler, Server, ShutdownHandle, Stopped};
 #[allow(unused_imports)] // Each test binary uses its own subset of these helpers.

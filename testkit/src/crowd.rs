@@ -105,40 +105,117 @@ impl Hog {
     /// before everything came back); `Err` on a wrong byte.
     pub fn read_back(&mut self, deadline: Instant) -> Result<bool, String> {
         self.stream.set_nonblocking(false).unwrap();
-        let mut buffer = vec![0u8; 64 * 1024];
-        let mut wanted = Vec::with_capacity(buffer.len());
-        let mut got = 0usize;
-        // A stream without newlines keeps its unfinished tail until the end of stream.
+        let mut reading = self.start_reading_back();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(reading.shortfall());
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            if let Some(outcome) = self.read_some(&mut reading)? {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// Ends the sending: what comes back from now on is read and checked by
+    /// [`Hog::read_some`]. A stream without newlines is half-closed, since the server keeps
+    /// its unfinished tail until the end of stream.
+    pub fn start_reading_back(&mut self) -> ReadingBack {
         let expected = if self.lines {
             self.sent - self.sent % 1024
         } else {
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
             self.sent
         };
-        if !self.lines {
-            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        ReadingBack {
+            got: 0,
+            expected,
+            buffer: vec![0u8; 64 * 1024],
+            wanted: Vec::with_capacity(64 * 1024),
         }
-        while got < expected {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!(
-                    "{got} of {expected} bytes back before the deadline"
-                ));
-            }
-            self.stream.set_read_timeout(Some(left)).unwrap();
-            let n = match self.stream.read(&mut buffer) {
-                Ok(0) => return Ok(false),
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(false),
-                Err(e) => return Err(format!("read after {got} bytes: {e}")),
-            };
-            self.fill(got, n, &mut wanted);
-            if buffer[..n] != wanted[..] {
-                return Err(format!("bytes {got}..{} differ", got + n));
-            }
-            got += n;
-        }
-        Ok(true)
     }
+
+    /// One read of what comes back, checked: `Ok(Some(true))` once all of it came back,
+    /// `Ok(Some(false))` if the server had closed the connection first, `Ok(None)` while
+    /// more is to come (a non-blocking socket with nothing to read for now included).
+    pub fn read_some(&mut self, reading: &mut ReadingBack) -> Result<Option<bool>, String> {
+        if reading.got >= reading.expected {
+            return Ok(Some(true));
+        }
+        let n = match self.stream.read(&mut reading.buffer) {
+            Ok(0) => return Ok(Some(false)),
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(Some(false)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::TimedOut => return Ok(None),
+            Err(e) => return Err(format!("read after {} bytes: {e}", reading.got)),
+        };
+        self.fill(reading.got, n, &mut reading.wanted);
+        if reading.buffer[..n] != reading.wanted[..] {
+            return Err(format!("bytes {}..{} differ", reading.got, reading.got + n));
+        }
+        reading.got += n;
+        Ok((reading.got >= reading.expected).then_some(true))
+    }
+}
+
+/// Where a hog's reading back stands.
+pub struct ReadingBack {
+    got: usize,
+    expected: usize,
+    buffer: Vec<u8>,
+    wanted: Vec<u8>,
+}
+
+impl ReadingBack {
+    fn shortfall(&self) -> String {
+        format!(
+            "{} of {} bytes back before the deadline",
+            self.got, self.expected
+        )
+    }
+}
+
+/// Every hog reads back what it sent, all at once (so that one slow connection, say one
+/// waiting for a retransmission, does not hold up the others): how many got all of it, how
+/// many had been closed, and what went wrong for the others (a wrong byte, or bytes still
+/// missing at the deadline).
+pub fn read_back_all(hogs: &mut [Hog], deadline: Instant) -> (usize, usize, Vec<String>) {
+    let mut readings: Vec<Option<ReadingBack>> = hogs
+        .iter_mut()
+        .map(|hog| Some(hog.start_reading_back()))
+        .collect();
+    let (mut intact, mut closed, mut wrong) = (0, 0, Vec::new());
+    let mut left = hogs.len();
+    while left > 0 {
+        if Instant::now() > deadline {
+            wrong.extend(readings.iter().flatten().map(ReadingBack::shortfall));
+            break;
+        }
+        let mut progressed = false;
+        for (hog, slot) in hogs.iter_mut().zip(readings.iter_mut()) {
+            let Some(reading) = slot.as_mut() else {
+                continue;
+            };
+            let before = reading.got;
+            let outcome = hog.read_some(reading);
+            progressed |= reading.got > before;
+            match outcome {
+                Ok(None) => continue,
+                Ok(Some(true)) => intact += 1,
+                Ok(Some(false)) => closed += 1,
+                Err(e) => wrong.push(e),
+            }
+            *slot = None;
+            left -= 1;
+            progressed = true;
+        }
+        if !progressed {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    (intact, closed, wrong)
 }
 
 const PATTERN_LEN: usize = 1 << 20;
@@ -146,7 +223,7 @@ const PATTERN_LEN: usize = 1 << 20;
 /// One MiB of bytes other than `\n`, shared by every hog.
 fn pattern() -> &'static [u8] {
     static PATTERN: OnceLock<Vec<u8>> = OnceLock::new();
-    PATTERN.get_or_init(|| kv_testkit::pattern(PATTERN_LEN, 7))
+    PATTERN.get_or_init(|| crate::pattern(PATTERN_LEN, 7))
 }
 
 /// Pushes every hog until each has met its quota or none has taken a byte for `stall`.

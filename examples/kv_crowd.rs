@@ -1,0 +1,337 @@
+//! `kv_crowd`: how long a polite client waits while others load the server.
+//!
+//! One polite client makes back-to-back round trips of a 16-byte line for the whole run and
+//! reports its latency percentiles and its worst wait, while the rest of the run loads the
+//! server in one of three ways:
+//!
+//! - `crowd`: hogs from as many loopback addresses, each sending up to `--quota` bytes
+//!   (1 KiB lines, or no newline at all with `--no-newlines`) without reading; afterwards
+//!   every hog reads back what it sent, and each byte is checked.
+//! - `storm`: a storm of new connections, each sending one line, reading its echo and
+//!   closing, from as many threads as `--storm-threads`.
+//! - `scrapers`: metrics scrapers (`--metrics ADDR`) pipelining requests and reading the
+//!   answers as fast as they come.
+//!
+//! Given the server's pid it reports the server's peak RSS. `benches/crowd.sh` runs it
+//! against kv_server and the tokio echoes side by side. An example, not an installed binary:
+//! `cargo build --release --example kv_crowd`.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use kv_testkit::crowd::{connect_from, push_all, read_back_all, source_address, Hog};
+use kv_testkit::proc;
+
+/// Measures a polite client's round trips while a crowd, a connect storm or metrics
+/// scrapers load a line echo server.
+#[derive(Debug, Parser)]
+#[command(name = "kv_crowd", version)]
+struct Args {
+    /// Server address
+    #[arg(long, default_value = "127.0.0.1:4040")]
+    addr: SocketAddr,
+    /// What loads the server beside the polite client
+    #[arg(long, value_enum, default_value_t = Scenario::Crowd)]
+    scenario: Scenario,
+    /// Seconds the polite client runs (and the load with it)
+    #[arg(short = 't', long, default_value_t = 10.0)]
+    seconds: f64,
+    /// crowd: clients sending without reading, each from its own loopback address
+    #[arg(long, default_value_t = 2000)]
+    hogs: usize,
+    /// crowd: bytes each hog sends at most. What the hogs send and do not read stays in
+    /// kernel buffers; 2,000 x 600 KB stays under the TCP memory pressure mark of a machine
+    /// with 24 GiB (`net.ipv4.tcp_mem`), past which the kernel drops segments
+    #[arg(long, default_value_t = 600_000)]
+    quota: usize,
+    /// crowd: hogs never end a line
+    #[arg(long)]
+    no_newlines: bool,
+    /// storm: threads opening connections one after another
+    #[arg(long, default_value_t = 8)]
+    storm_threads: usize,
+    /// scrapers: the server's metrics address
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// scrapers: how many
+    #[arg(long, default_value_t = 16)]
+    scrapers: usize,
+    /// The server's pid: report its peak RSS
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Crowd,
+    Storm,
+    Scrapers,
+}
+
+/// How long read-back and connects may take before the run counts a failure.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(errors) => {
+            eprintln!("kv_crowd: {errors} errors");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("kv_crowd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> io::Result<u64> {
+    let idle = args.server_pid.map(proc::rss_kib).transpose()?;
+    let kernel_before = KernelTcp::read()?;
+    let duration = Duration::from_secs_f64(args.seconds);
+    let done = AtomicBool::new(false);
+    let mut errors = 0;
+    let (latencies, report) = std::thread::scope(|scope| -> io::Result<_> {
+        // The load is in place before the polite client starts timing.
+        let mut hogs = match args.scenario {
+            Scenario::Crowd => (0..args.hogs)
+                .map(|n| {
+                    let stream = connect_from(source_address(n), args.addr, false);
+                    Hog::new(stream, n as u64, args.quota, !args.no_newlines)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let polite = scope.spawn(|| polite_client(args.addr, &done));
+        let report = match args.scenario {
+            Scenario::Crowd => {
+                push_all(&mut hogs, duration, duration);
+                done.store(true, Ordering::SeqCst);
+                let pushed: usize = hogs.iter().map(|hog| hog.sent).sum();
+                let (intact, closed, wrong) = read_back_all(&mut hogs, Instant::now() + PATIENCE);
+                for e in wrong.iter().take(5) {
+                    eprintln!("kv_crowd: a hog's echo went wrong: {e}");
+                }
+                errors += wrong.len() as u64;
+                format!(
+                    "hogs: {} MB pushed, intact {intact}, closed {closed}, wrong {}",
+                    pushed / 1_000_000,
+                    wrong.len()
+                )
+            }
+            Scenario::Storm => {
+                let (opened, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+                std::thread::scope(|storm| {
+                    for thread in 0..args.storm_threads {
+                        let (opened, failed, done) = (&opened, &failed, &done);
+                        storm.spawn(move || storm_client(args.addr, thread, opened, failed, done));
+                    }
+                    std::thread::sleep(duration);
+                    done.store(true, Ordering::SeqCst);
+                });
+                let (opened, failed) = (opened.into_inner(), failed.into_inner());
+                errors += failed;
+                format!(
+                    "storm: {opened} connections, {:.0}/s, failed {failed}",
+                    opened as f64 / args.seconds
+                )
+            }
+            Scenario::Scrapers => {
+                let metrics = args.metrics.ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "--scenario scrapers needs --metrics",
+                    )
+                })?;
+                let answered = AtomicU64::new(0);
+                std::thread::scope(|scrapers| {
+                    for _ in 0..args.scrapers {
+                        let (answered, done) = (&answered, &done);
+                        scrapers.spawn(move || scraper(metrics, answered, done));
+                    }
+                    std::thread::sleep(duration);
+                    done.store(true, Ordering::SeqCst);
+                });
+                format!("scrapes: {} answered", answered.into_inner())
+            }
+        };
+        let latencies = polite.join().expect("the polite client")?;
+        Ok((latencies, report))
+    })?;
+    print_latencies(&latencies);
+    println!("{report}");
+    let kernel = KernelTcp::read()?.since(kernel_before);
+    println!(
+        "kernel: TCP memory pressure entered {} times, {} segments dropped for want of \
+         receive memory",
+        kernel.memory_pressures, kernel.receive_queue_drops
+    );
+    if let (Some(pid), Some(idle)) = (args.server_pid, idle) {
+        let peak = proc::status_kib(pid, "VmHWM")?;
+        println!("server: peak RSS {peak} KiB (before the run {idle} KiB)");
+    }
+    Ok(errors)
+}
+
+/// The kernel's own TCP counters that say whether a run was measuring the server or the
+/// kernel: past `net.ipv4.tcp_mem`'s pressure mark the kernel drops segments, and any
+/// server's clients then wait for retransmissions (200 ms and more), whatever the server does.
+#[derive(Debug, Clone, Copy)]
+struct KernelTcp {
+    memory_pressures: u64,
+    receive_queue_drops: u64,
+}
+
+impl KernelTcp {
+    fn read() -> io::Result<KernelTcp> {
+        let netstat = std::fs::read_to_string("/proc/net/netstat")?;
+        let mut lines = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
+        let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+        let field = |wanted: &str| {
+            names
+                .split_whitespace()
+                .zip(values.split_whitespace())
+                .find(|(name, _)| *name == wanted)
+                .and_then(|(_, value)| value.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(KernelTcp {
+            memory_pressures: field("TCPMemoryPressures"),
+            receive_queue_drops: field("TCPRcvQDrop"),
+        })
+    }
+
+    fn since(self, before: KernelTcp) -> KernelTcp {
+        KernelTcp {
+            memory_pressures: self.memory_pressures - before.memory_pressures,
+            receive_queue_drops: self.receive_queue_drops - before.receive_queue_drops,
+        }
+    }
+}
+
+/// Round trips of a 16-byte line until `done`: each one's latency.
+fn polite_client(addr: SocketAddr, done: &AtomicBool) -> io::Result<Vec<Duration>> {
+    let mut stream = connect_from(source_address(60_000), addr, false);
+    stream.set_read_timeout(Some(PATIENCE))?;
+    let mut latencies = Vec::with_capacity(1 << 20);
+    let mut back = [0u8; 16];
+    let mut round = 0u64;
+    while !done.load(Ordering::Relaxed) {
+        let line = format!("polite {:08}\n", round % 100_000_000);
+        let started = Instant::now();
+        stream.write_all(line.as_bytes())?;
+        stream.read_exact(&mut back)?;
+        latencies.push(started.elapsed());
+        if back != line.as_bytes() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("polite round {round} came back as {back:?}"),
+            ));
+        }
+        round += 1;
+    }
+    Ok(latencies)
+}
+
+fn print_latencies(latencies: &[Duration]) {
+    let mut sorted = latencies.to_vec();
+    sorted.sort_unstable();
+    let at = |q: f64| {
+        let index = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+        sorted.get(index).map_or(0, |d| d.as_micros())
+    };
+    println!(
+        "polite: {} round trips, p50 {} us, p99 {} us, p99.9 {} us, max {} us",
+        sorted.len(),
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        sorted.last().map_or(0, |d| d.as_micros())
+    );
+}
+
+/// Opens connections one after another until `done`: each sends a line, reads its echo and
+/// closes. Source addresses rotate so that closed connections' ports are not what runs out.
+fn storm_client(
+    addr: SocketAddr,
+    thread: usize,
+    opened: &AtomicU64,
+    failed: &AtomicU64,
+    done: &AtomicBool,
+) {
+    let line = b"storm connection\n";
+    let mut back = [0u8; 17];
+    let mut n = 0usize;
+    while !done.load(Ordering::Relaxed) {
+        let source = source_address(2_000 + (thread * 1_000 + n % 1_000));
+        n += 1;
+        let result = (|| -> io::Result<()> {
+            let mut stream = connect_from(source, addr, false);
+            stream.set_read_timeout(Some(PATIENCE))?;
+            stream.write_all(line)?;
+            stream.read_exact(&mut back)?;
+            if &back != line {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "wrong echo"));
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => opened.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                eprintln!("kv_crowd: storm connection: {e}");
+                failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+/// A scraper that keeps 64 requests in flight, pipelined, and reads the answers as fast as
+/// they come, until `done`.
+fn scraper(metrics: SocketAddr, answered: &AtomicU64, done: &AtomicBool) {
+    const IN_FLIGHT: usize = 64;
+    let request = b"GET /metrics HTTP/1.1\r\nHost: kv_crowd\r\n\r\n".repeat(IN_FLIGHT);
+    let Ok(mut stream) = TcpStream::connect(metrics) else {
+        eprintln!("kv_crowd: cannot connect to the metrics endpoint");
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(PATIENCE));
+    let mut input = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while !done.load(Ordering::Relaxed) {
+        if stream.write_all(&request).is_err() {
+            return;
+        }
+        let mut answers = 0;
+        while answers < IN_FLIGHT {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => input.extend_from_slice(&chunk[..n]),
+            }
+            while let Some(len) = complete_answer(&input) {
+                input.drain(..len);
+                answers += 1;
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The length of the first complete HTTP answer in `input`, if it is all there.
+fn complete_answer(input: &[u8]) -> Option<usize> {
+    let head_end = memchr::memmem::find(input, b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&input[..head_end]).ok()?;
+    let body: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    (input.len() >= head_end + body).then_some(head_end + body)
+}
