@@ -216,6 +216,12 @@ impl KernelTcp {
 
 /// Round trips of a 16-byte line until `done`: each one's latency.
 fn polite_client(addr: SocketAddr, done: &AtomicBool) -> io::Result<Vec<Duration>> {
+    // The load shares this core: at nice -10 the polite thread runs as soon as its echo
+    // arrives, so that its wait is the server's, not the load generator's (as root only).
+    // SAFETY: setpriority on this thread's own id changes nothing else.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, -10);
+    }
     let mut stream = connect_from(source_address(60_000), addr, false);
     stream.set_read_timeout(Some(PATIENCE))?;
     let mut latencies = Vec::with_capacity(1 << 20);

@@ -174,6 +174,9 @@ impl Server {
             let now = Instant::now();
             self.schedule.begin_turn();
             self.acceptor.begin_turn();
+            if let Some(metrics) = self.metrics.as_mut() {
+                metrics.begin_turn();
+            }
             while let Some(key) = self.schedule.next_fresh() {
                 let moved = self.serve(key, Readiness::OWED, now);
                 self.schedule.charge_fresh(moved);

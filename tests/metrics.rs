@@ -7,6 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{assert_echo, http, pattern, scrape, ServerProcess, TestServer};
@@ -257,6 +258,139 @@ fn a_stalled_scraper_delays_no_echo_and_is_closed_after_the_time_out() {
         "the stalled scraper is closed after the time-out"
     );
     assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+/// The 8 KiB cap on a request holds however its bytes arrive: the same 10,030-byte request
+/// in one write or in two gets 400.
+#[test]
+fn the_request_cap_holds_however_the_bytes_arrive() {
+    let server = with_metrics(Config::default());
+    let metrics = server.metrics.unwrap();
+    let request = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(9_987)
+    );
+    assert_eq!(request.len(), 10_030);
+    let in_one_write = http(metrics, request.as_bytes());
+    assert!(
+        in_one_write.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{in_one_write}"
+    );
+    for split in [1, 4_096, 8_192, 8_193, 10_000] {
+        let mut stream = common::connect(metrics);
+        stream.write_all(&request.as_bytes()[..split]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        // The server may have answered and closed already: the rest may find it gone.
+        let _ = stream.write_all(&request.as_bytes()[split..]);
+        let answer = String::from_utf8_lossy(&common::read_to_end(&mut stream).unwrap_or_default())
+            .into_owned();
+        assert!(
+            answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+            "split at {split}: {answer}"
+        );
+    }
+    // Just under the cap is still a request.
+    let fits = format!(
+        "GET /metrics HTTP/1.1\r\nX-Pad: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(8_100)
+    );
+    assert!(fits.len() <= 8 * 1024);
+    let answer = http(metrics, fits.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+}
+
+/// Scrapers that pipeline requests and read the answers as fast as they come get a few
+/// answers per turn of the loop, then wait their turn: an echo client is served all the
+/// while. (Before, such a scraper held the loop for as long as it kept going, and the
+/// echo's first round trip timed out.) The scrapers go on until the echo client has made
+/// its round trips.
+#[test]
+fn pipelining_scrapers_take_turns_with_the_echo() {
+    let server = with_metrics(Config {
+        metrics_timeout: Duration::from_secs(20),
+        ..Config::default()
+    });
+    let metrics = server.metrics.unwrap();
+    let stop = AtomicBool::new(false);
+    let answered = AtomicUsize::new(0);
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    std::thread::scope(|scope| {
+        // Whatever happens below, the scrapers stop and their threads end with the scope.
+        let scrapers = StopOnDrop {
+            stop: &stop,
+            streams: (0..4).map(|_| common::connect(metrics)).collect(),
+        };
+        for stream in &scrapers.streams {
+            let (mut writer, mut reader) =
+                (stream.try_clone().unwrap(), stream.try_clone().unwrap());
+            let (stop, answered) = (&stop, &answered);
+            scope.spawn(move || {
+                let burst = request.repeat(64);
+                while !stop.load(Ordering::SeqCst) {
+                    if writer.write_all(&burst).is_err() {
+                        return;
+                    }
+                }
+            });
+            scope.spawn(move || {
+                // An answer whose status line is split across two reads is not counted: the
+                // count is a lower bound, which is all the test needs. memchr is built
+                // optimized even here, so the reader keeps up with the server.
+                let mut chunk = vec![0u8; 256 * 1024];
+                loop {
+                    match reader.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let answers =
+                                memchr::memmem::find_iter(&chunk[..n], b"HTTP/1.1 200 OK").count();
+                            answered.fetch_add(answers, Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+        let flood_started = Instant::now();
+        while answered.load(Ordering::SeqCst) < 100 {
+            assert!(
+                flood_started.elapsed() < Duration::from_secs(20),
+                "no scrape answered"
+            );
+            std::thread::yield_now();
+        }
+        let mut client = server.connect();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        for round in 0..200 {
+            let line = format!("round {round}\n");
+            client.write_all(line.as_bytes()).unwrap();
+            let mut back = vec![0u8; line.len()];
+            client
+                .read_exact(&mut back)
+                .unwrap_or_else(|e| panic!("echo round {round} while the scrapers go on: {e}"));
+            assert_eq!(back, line.as_bytes());
+        }
+        let answered_meanwhile = answered.load(Ordering::SeqCst);
+        drop(scrapers);
+        assert!(answered_meanwhile > 100, "the scrapers were answered too");
+    });
+}
+
+/// Stops the scrapers of a test when dropped, even by a failing assertion: sets `stop` for
+/// their writers and shuts their sockets down (not waiting for answers to all that is
+/// pipelined), which ends their readers.
+struct StopOnDrop<'a> {
+    stop: &'a AtomicBool,
+    streams: Vec<TcpStream>,
+}
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for stream in &self.streams {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
 }
 
 #[test]
