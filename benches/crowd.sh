@@ -84,9 +84,11 @@ scenario() { # name servers kv_crowd-args...
         fi
         for s in "${order[@]}"; do
             start "$s"
+            local metrics=()
+            [[ "$s" == kv* ]] && metrics=(--metrics "127.0.0.1:$metrics_port")
             echo "== $name, round $round: $s ($*)" | tee -a "$results"
             taskset -c 1 "$crowd" --addr "127.0.0.1:$port" --server-pid "$server" \
-                --seconds "$seconds" "$@" 2>&1 | tee -a "$results" || true
+                --seconds "$seconds" "${metrics[@]}" "$@" 2>&1 | tee -a "$results" || true
             stop
         done
     done
@@ -96,7 +98,7 @@ scenario() { # name servers kv_crowd-args...
 scenario lines "kv kv_before raw line" --scenario crowd
 scenario no-newlines "kv kv_before raw line" --scenario crowd --no-newlines
 scenario storm "kv kv_before raw line" --scenario storm
-scenario scrapers "kv kv_before" --scenario scrapers --metrics "127.0.0.1:$metrics_port"
+scenario scrapers "kv kv_before" --scenario scrapers
 
 python3 - "$results" <<'SUMMARY'
 import re, sys
@@ -122,9 +124,16 @@ for line in open(sys.argv[1]):
     m = re.search(r"storm: (\d+) connections", line)
     if m:
         row["extra"] = f"{m.group(1)} connections"
-    m = re.search(r"pressure entered (\d+) times, (\d+) segments dropped", line)
-    if m and m.group(1) + m.group(2) != "00":
-        row["kernel"] = f" KERNEL UNDER PRESSURE ({m.group(1)}x, {m.group(2)} drops)"
+    m = re.search(r"pressure entered (\d+) times, (\d+) segments dropped for want of "
+                  r"receive memory, (\d+) packets dropped for a full backlog, (\d+) segments retransmitted", line)
+    if m:
+        pressure, rcvq, backlog, retrans = map(int, m.groups())
+        if pressure or rcvq or backlog:
+            row["kernel"] = (f" KERNEL DROPPED: memory pressure {pressure}x, {rcvq} receive-queue "
+                             f"and {backlog} backlog drops, {retrans} retransmissions")
+    m = re.search(r"longest (\d+) us, (\d+) over 1 ms, (\d+) over 25 ms", line)
+    if m:
+        row["turns"] = f" (turns: longest {int(m.group(1)) / 1000:g} ms, {m.group(2)} over 1 ms, {m.group(3)} over 25 ms)"
     m = re.search(r"scrapes: (\d+) answered", line)
     if m:
         row["extra"] = f"{m.group(1)} scrapes"
@@ -132,7 +141,7 @@ print("\n== every run (latencies in us; peak RSS in MiB; hogs intact/closed/wron
 print(f"{'scenario':12} {'server':10} {'p50':>6} {'p99':>7} {'p99.9':>8} {'max':>9} {'RSS':>5}  other")
 for (scenario, server), rows in runs.items():
     for row in rows:
-        other = row.get("hogs", row.get("extra", "")) + row.get("kernel", "")
+        other = row.get("hogs", row.get("extra", "")) + row.get("turns", "") + row.get("kernel", "")
         print(f"{scenario:12} {server:10} {row.get('p50','-'):>6} {row.get('p99','-'):>7} "
               f"{row.get('p99.9','-'):>8} {row.get('max','-'):>9} {row.get('rss','-'):>5}  {other}")
 SUMMARY

@@ -54,7 +54,8 @@ struct Args {
     /// storm: threads opening connections one after another
     #[arg(long, default_value_t = 8)]
     storm_threads: usize,
-    /// scrapers: the server's metrics address
+    /// The server's metrics address: scraped by the scrapers, and at the end of any run
+    /// for the server's own account of its turns
     #[arg(long)]
     metrics: Option<SocketAddr>,
     /// scrapers: how many
@@ -168,9 +169,15 @@ fn run(args: &Args) -> io::Result<u64> {
     let kernel = KernelTcp::read()?.since(kernel_before);
     println!(
         "kernel: TCP memory pressure entered {} times, {} segments dropped for want of \
-         receive memory",
-        kernel.memory_pressures, kernel.receive_queue_drops
+         receive memory, {} packets dropped for a full backlog, {} segments retransmitted",
+        kernel.memory_pressures,
+        kernel.receive_queue_drops,
+        kernel.backlog_drops,
+        kernel.retransmissions
     );
+    if let Some(metrics) = args.metrics {
+        print_turns(metrics)?;
+    }
     if let (Some(pid), Some(idle)) = (args.server_pid, idle) {
         let peak = proc::status_kib(pid, "VmHWM")?;
         println!("server: peak RSS {peak} KiB (before the run {idle} KiB)");
@@ -178,13 +185,17 @@ fn run(args: &Args) -> io::Result<u64> {
     Ok(errors)
 }
 
-/// The kernel's own TCP counters that say whether a run was measuring the server or the
-/// kernel: past `net.ipv4.tcp_mem`'s pressure mark the kernel drops segments, and any
-/// server's clients then wait for retransmissions (200 ms and more), whatever the server does.
+/// The kernel's own counters that say whether a run was measuring the server or the
+/// kernel: past `net.ipv4.tcp_mem`'s pressure mark the kernel drops segments, and so it
+/// does when a CPU's backlog of packets to process passes `net.core.netdev_max_backlog`
+/// (loopback traffic goes through it); the clients of any server then wait for
+/// retransmissions (a loss probe, or a 200 ms time-out and more), whatever the server does.
 #[derive(Debug, Clone, Copy)]
 struct KernelTcp {
     memory_pressures: u64,
     receive_queue_drops: u64,
+    backlog_drops: u64,
+    retransmissions: u64,
 }
 
 impl KernelTcp {
@@ -200,9 +211,26 @@ impl KernelTcp {
                 .and_then(|(_, value)| value.parse().ok())
                 .unwrap_or(0)
         };
+        let snmp = std::fs::read_to_string("/proc/net/snmp")?;
+        let mut tcp = snmp.lines().filter(|line| line.starts_with("Tcp:"));
+        let (tcp_names, tcp_values) = (tcp.next().unwrap_or(""), tcp.next().unwrap_or(""));
+        let retransmissions = tcp_names
+            .split_whitespace()
+            .zip(tcp_values.split_whitespace())
+            .find(|(name, _)| *name == "RetransSegs")
+            .and_then(|(_, value)| value.parse().ok())
+            .unwrap_or(0);
+        // One line per CPU; the second column counts packets dropped for a full backlog.
+        let backlog_drops = std::fs::read_to_string("/proc/net/softnet_stat")?
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter_map(|hex| u64::from_str_radix(hex, 16).ok())
+            .sum();
         Ok(KernelTcp {
             memory_pressures: field("TCPMemoryPressures"),
             receive_queue_drops: field("TCPRcvQDrop"),
+            backlog_drops,
+            retransmissions,
         })
     }
 
@@ -210,8 +238,37 @@ impl KernelTcp {
         KernelTcp {
             memory_pressures: self.memory_pressures - before.memory_pressures,
             receive_queue_drops: self.receive_queue_drops - before.receive_queue_drops,
+            backlog_drops: self.backlog_drops - before.backlog_drops,
+            retransmissions: self.retransmissions - before.retransmissions,
         }
     }
+}
+
+/// The server's account of its turns, from its metrics: the longest, and how many took
+/// longer than 1 ms and than 20 ms.
+fn print_turns(metrics: SocketAddr) -> io::Result<()> {
+    let mut stream = TcpStream::connect(metrics)?;
+    stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+    };
+    let Some(longest) = value("kv_server_turn_duration_max_seconds") else {
+        return Ok(()); // A server that does not tell.
+    };
+    let count = value("kv_server_turn_duration_seconds_count").unwrap_or(0.0);
+    let within = |le: &str| {
+        value(&format!("kv_server_turn_duration_seconds_bucket{{le=\"{le}\"}}")).unwrap_or(0.0)
+    };
+    println!(
+        "turns: {count} turns, longest {} us, {} over 1 ms, {} over 25 ms",
+        (longest * 1e6).round(),
+        count - within("0.001"),
+        count - within("0.025")
+    );
+    Ok(())
 }
 
 /// Round trips of a 16-byte line until `done`: each one's latency.

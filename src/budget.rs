@@ -280,8 +280,97 @@ mod tests {
             .is_empty());
         // The look needed to close nobody, but others read before the turn ended.
         budget.adjust(4, 0, 1);
-        // (The one that read holds one byte: nobody spared would be chosen for that.)
         assert!(budget.take_resumable().is_empty());
         assert_eq!(budget.next_look(now), Some(now));
+    }
+
+    /// Holders for the look tests: key -> (held, made progress, peer's window open).
+    fn budget_with(holders: &[(usize, usize, bool, bool)], limit: usize) -> BufferBudget {
+        let mut budget = BufferBudget::new(limit, READ);
+        for &(key, held, _, _) in holders {
+            budget.adjust(key, 0, held);
+        }
+        budget
+    }
+
+    fn describe(
+        holders: &[(usize, usize, bool, bool)],
+        epoch: u64,
+    ) -> impl FnMut(usize) -> Holder + '_ {
+        move |key| {
+            let &(_, _, progressed, open) = holders.iter().find(|h| h.0 == key).unwrap();
+            Holder {
+                progress_epoch: if progressed { epoch } else { epoch - 1 },
+                peer_window_open: open,
+            }
+        }
+    }
+
+    #[test]
+    fn a_look_for_room_closes_stalled_holders_before_slow_ones_and_spares_progress() {
+        // 40 reads' worth against a budget of 40: the low mark (35) needs 5 reads closed.
+        let holders = [
+            (1, 10 * READ, true, false), // the largest, but its output moves: spared
+            (2, 8 * READ, false, true),  // no progress, window open: a lossy link
+            (3, 6 * READ, false, false), // no progress, window closed: stalled
+            (4, 4 * READ, false, false), // stalled
+            (5, 12 * READ, false, false), // stalled, but the one being served
+        ];
+        let mut budget = budget_with(&holders, 40 * READ);
+        let epoch = budget.epoch();
+        let chosen =
+            budget.choose_evictions(Some(5), Instant::now(), &mut describe(&holders, epoch));
+        // The stalled ones first, largest first; the lossy one was not needed.
+        assert_eq!(chosen, vec![(3, 6 * READ)]);
+        assert_eq!(budget.epoch(), epoch + 1);
+
+        // Wanting more: the lossy one goes only after every stalled one.
+        let mut budget = budget_with(&holders, 30 * READ);
+        let epoch = budget.epoch();
+        let chosen =
+            budget.choose_evictions(Some(5), Instant::now(), &mut describe(&holders, epoch));
+        assert_eq!(chosen, vec![(3, 6 * READ), (4, 4 * READ), (2, 8 * READ)]);
+    }
+
+    #[test]
+    fn over_the_budget_the_largest_go_regardless_of_progress() {
+        let holders = [
+            (1, 10 * READ, true, false),
+            (2, 9 * READ, true, false),
+            (3, READ, false, false),
+        ];
+        // 20 reads held against a budget of 16: down to 14 needs 6 reads freed.
+        let mut budget = budget_with(&holders, 16 * READ);
+        assert!(budget.is_over());
+        let epoch = budget.epoch();
+        let chosen = budget.choose_evictions(None, Instant::now(), &mut describe(&holders, epoch));
+        assert_eq!(chosen, vec![(3, READ), (1, 10 * READ)]);
+    }
+
+    #[test]
+    fn a_look_examines_a_fixed_number_of_the_largest_holders() {
+        let holders: Vec<(usize, usize, bool, bool)> = (0..10_000)
+            .map(|key| (key, READ + key, true, false))
+            .collect();
+        let limit = holders.iter().map(|h| h.1).sum::<usize>() + READ;
+        let mut budget = budget_with(&holders, limit);
+        let epoch = budget.epoch();
+        let mut asked = 0;
+        let mut counting = |key| {
+            asked += 1;
+            describe(&holders, epoch)(key)
+        };
+        // Within the budget, every holder making progress: nobody to close, and only the
+        // largest were looked at.
+        assert!(budget
+            .choose_evictions(None, Instant::now(), &mut counting)
+            .is_empty());
+        assert_eq!(asked, LOOK_DEPTH);
+        // Their marks are from the last epoch now: the next look finds them stalled.
+        let chosen = budget.choose_evictions(None, Instant::now(), &mut |_| Holder {
+            progress_epoch: epoch,
+            peer_window_open: false,
+        });
+        assert_eq!(chosen.first().map(|c| c.0), Some(9_999));
     }
 }

@@ -15,14 +15,14 @@ use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use mio::{Events, Poll, Token};
+use mio::{Events, Poll, Registry, Token};
 
 use crate::accept::{Acceptor, Arrival};
 use crate::config::Config;
 use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
 use crate::handler::{Echo, LineHandler};
 use crate::metrics::endpoint::MetricsEndpoint;
-use crate::metrics::{CloseReason, Snapshot, Traffic};
+use crate::metrics::{CloseReason, Snapshot, Traffic, TurnTimes};
 use crate::schedule::Schedule;
 use crate::shutdown::{ServiceManager, Shutdown, ShutdownHandle, Stopped};
 use crate::table::{ConnectionTable, Ending, TurnParts};
@@ -51,6 +51,8 @@ pub struct Server {
     scratch: Vec<u8>,
     /// Bytes and long lines, counted by the connections as they go.
     traffic: Traffic,
+    /// How long turns of the loop take.
+    turns: TurnTimes,
     /// The scrape endpoint, with `--metrics`.
     metrics: Option<MetricsEndpoint>,
     started: std::time::SystemTime,
@@ -119,6 +121,7 @@ impl Server {
             read_buffer: vec![0; config.read_buffer_bytes].into_boxed_slice(),
             scratch: Vec::new(),
             traffic: Traffic::default(),
+            turns: TurnTimes::default(),
             metrics,
             started: std::time::SystemTime::now(),
             config,
@@ -193,6 +196,7 @@ impl Server {
                 Some(stopped) => Some(stopped),
                 None => self.before_sleep(now),
             };
+            self.turns.record(now.elapsed());
             if let Some(stopped) = stopped {
                 if !matches!(stopped, Stopped::Drained) {
                     self.connections.abandon_all();
@@ -398,27 +402,33 @@ impl Server {
 
     /// Answers a metrics scraper from a snapshot taken when its request is complete.
     fn serve_scraper(&mut self, token: Token, now: Instant) {
-        let Some(metrics) = self.metrics.as_mut() else {
-            return;
-        };
-        let (acceptor, connections, traffic) = (&self.acceptor, &self.connections, self.traffic);
-        let started = self.started;
-        let mut snapshot = || take_snapshot(acceptor, connections, traffic, started);
-        metrics.serve(self.poll.registry(), token, now, &mut snapshot);
+        self.with_scrapers(|metrics, registry, snapshot| {
+            metrics.serve(registry, token, now, snapshot);
+        });
     }
 
     /// Serves the scrapers whose share of an earlier turn ran out.
     fn serve_owed_scrapers(&mut self, now: Instant) {
+        if self.metrics.as_ref().is_some_and(MetricsEndpoint::has_work) {
+            self.with_scrapers(|metrics, registry, snapshot| {
+                metrics.serve_owed(registry, now, snapshot);
+            });
+        }
+    }
+
+    /// Lends the metrics endpoint what serving a scraper needs: the registry, and a way to
+    /// take a snapshot of the counters when a request is complete.
+    fn with_scrapers(
+        &mut self,
+        serve: impl FnOnce(&mut MetricsEndpoint, &Registry, &mut dyn FnMut() -> Snapshot),
+    ) {
         let Some(metrics) = self.metrics.as_mut() else {
             return;
         };
-        if !metrics.has_work() {
-            return;
-        }
-        let (acceptor, connections, traffic) = (&self.acceptor, &self.connections, self.traffic);
-        let started = self.started;
-        let mut snapshot = || take_snapshot(acceptor, connections, traffic, started);
-        metrics.serve_owed(self.poll.registry(), now, &mut snapshot);
+        let (acceptor, connections) = (&self.acceptor, &self.connections);
+        let (traffic, turns, started) = (self.traffic, self.turns, self.started);
+        let mut snapshot = || take_snapshot(acceptor, connections, traffic, turns, started);
+        serve(metrics, self.poll.registry(), &mut snapshot);
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -426,6 +436,7 @@ impl Server {
             &self.acceptor,
             &self.connections,
             self.traffic,
+            self.turns,
             self.started,
         )
     }
@@ -503,6 +514,7 @@ fn take_snapshot(
     acceptor: &Acceptor,
     connections: &ConnectionTable,
     traffic: Traffic,
+    turns: TurnTimes,
     start_time: std::time::SystemTime,
 ) -> Snapshot {
     Snapshot {
@@ -511,6 +523,7 @@ fn take_snapshot(
         closed: connections.closed(),
         traffic,
         buffers: connections.buffer_gauges(),
+        turns,
         start_time,
     }
 }

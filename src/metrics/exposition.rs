@@ -10,7 +10,7 @@ use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::process::ProcessStats;
-use super::{CloseReason, Snapshot};
+use super::{CloseReason, Snapshot, TURN_BUCKETS};
 
 /// Which text format a scraper gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,22 @@ impl Encoder {
         };
         self.header(&family, help, kind);
         self.sample(&format!("{name}_info"), Some(label), 1.0);
+    }
+
+    /// A histogram from per-bucket counts (the last one above every bound), its sum and
+    /// its count.
+    fn histogram(&mut self, name: &str, help: &str, bounds: &[f64], counts: &[u64], sum: f64) {
+        self.header(name, help, "histogram");
+        let bucket = format!("{name}_bucket");
+        let mut cumulative = 0;
+        for (bound, count) in bounds.iter().zip(counts) {
+            cumulative += count;
+            self.sample(&bucket, Some(("le", &bound.to_string())), cumulative as f64);
+        }
+        let total: u64 = counts.iter().sum();
+        self.sample(&bucket, Some(("le", "+Inf")), total as f64);
+        self.sample(&format!("{name}_sum"), None, sum);
+        self.sample(&format!("{name}_count"), None, total as f64);
     }
 
     fn header(&mut self, family: &str, help: &str, kind: &str) {
@@ -174,6 +190,20 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
         "The budget for all connection buffers together (--max-buffered-bytes).",
         buffers.budget as f64,
     );
+    let turns = &snapshot.turns;
+    e.histogram(
+        "kv_server_turn_duration_seconds",
+        "Time each turn of the event loop took, from the end of one wait for events to the \
+         start of the next: the work a fresh event can wait behind.",
+        &TURN_BUCKETS,
+        &turns.counts,
+        turns.total.as_secs_f64(),
+    );
+    e.gauge(
+        "kv_server_turn_duration_max_seconds",
+        "The longest turn of the event loop since the server started.",
+        turns.longest.as_secs_f64(),
+    );
     e.counter(
         "kv_server_accept_pauses",
         "Times accepting paused because descriptors or memory ran out.",
@@ -199,7 +229,7 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{AcceptCounts, BufferGauges, ClosedCounts, Traffic};
+    use crate::metrics::{AcceptCounts, BufferGauges, ClosedCounts, Traffic, TurnTimes};
 
     fn snapshot() -> Snapshot {
         let mut closed = ClosedCounts::default();
@@ -219,6 +249,13 @@ mod tests {
                 long_lines: 0,
             },
             buffers: BufferGauges::default(),
+            turns: {
+                let mut turns = TurnTimes::default();
+                turns.record(std::time::Duration::from_micros(80));
+                turns.record(std::time::Duration::from_millis(3));
+                turns.record(std::time::Duration::from_secs(2));
+                turns
+            },
             start_time: UNIX_EPOCH + std::time::Duration::from_millis(1_500),
         }
     }
@@ -236,6 +273,14 @@ mod tests {
         assert!(text.contains("# TYPE kv_server_build_info gauge\n"));
         assert!(text.contains("kv_server_start_time_seconds 1.5\n"));
         assert!(!text.contains("# EOF"));
+        // The turn histogram: cumulative buckets, one turn past every bound.
+        assert!(text.contains("# TYPE kv_server_turn_duration_seconds histogram\n"));
+        assert!(text.contains("kv_server_turn_duration_seconds_bucket{le=\"0.0001\"} 1\n"));
+        assert!(text.contains("kv_server_turn_duration_seconds_bucket{le=\"0.005\"} 2\n"));
+        assert!(text.contains("kv_server_turn_duration_seconds_bucket{le=\"1\"} 2\n"));
+        assert!(text.contains("kv_server_turn_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("kv_server_turn_duration_seconds_count 3\n"));
+        assert!(text.contains("kv_server_turn_duration_max_seconds 2\n"));
 
         let open = render(&snapshot(), &process, Format::OpenMetrics);
         assert!(open.contains("# TYPE kv_server_connections_accepted counter\n"));

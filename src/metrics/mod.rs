@@ -11,7 +11,7 @@ pub(crate) mod endpoint;
 mod exposition;
 mod process;
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Why a connection ended. Each reason is counted as `connections_closed_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +111,35 @@ pub(crate) struct AcceptCounts {
 }
 
 /// Everything a scrape shows of the echo server, taken at one moment.
+/// Upper bounds of the turn-duration histogram's buckets, in seconds.
+pub(crate) const TURN_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// How long the turns of the loop take, from the end of one wait for events to the start
+/// of the next: the other work a fresh event can wait behind, which the schedule bounds.
+/// Recording one costs a clock read and a short scan, once per turn.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TurnTimes {
+    /// Turns per bucket of [`TURN_BUCKETS`], the last for longer ones.
+    pub counts: [u64; TURN_BUCKETS.len() + 1],
+    pub total: Duration,
+    pub longest: Duration,
+}
+
+impl TurnTimes {
+    pub fn record(&mut self, turn: Duration) {
+        let seconds = turn.as_secs_f64();
+        let bucket = TURN_BUCKETS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(TURN_BUCKETS.len());
+        self.counts[bucket] += 1;
+        self.total += turn;
+        self.longest = self.longest.max(turn);
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Snapshot {
     pub accepts: AcceptCounts,
@@ -118,6 +147,7 @@ pub(crate) struct Snapshot {
     pub closed: ClosedCounts,
     pub traffic: Traffic,
     pub buffers: BufferGauges,
+    pub turns: TurnTimes,
     pub start_time: SystemTime,
 }
 
