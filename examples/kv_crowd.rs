@@ -252,15 +252,22 @@ fn print_turns(metrics: SocketAddr) -> io::Result<()> {
     let mut text = String::new();
     stream.read_to_string(&mut text)?;
     let value = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        text.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
     };
     let Some(longest) = value("kv_server_turn_duration_max_seconds") else {
         return Ok(()); // A server that does not tell.
     };
     let count = value("kv_server_turn_duration_seconds_count").unwrap_or(0.0);
     let within = |le: &str| {
-        value(&format!("kv_server_turn_duration_seconds_bucket{{le=\"{le}\"}}")).unwrap_or(0.0)
+        value(&format!(
+            "kv_server_turn_duration_seconds_bucket{{le=\"{le}\"}}"
+        ))
+        .unwrap_or(0.0)
     };
     println!(
         "turns: {count} turns, longest {} us, {} over 1 ms, {} over 25 ms",
@@ -298,7 +305,32 @@ fn polite_client(addr: SocketAddr, done: &AtomicBool) -> io::Result<Vec<Duration
         }
         round += 1;
     }
+    // Its own connection's retransmissions: a wait the kernel's timers made, not the server.
+    if let Some(info) = tcp_info(&stream) {
+        println!(
+            "polite connection: {} segments retransmitted, {} of them after time-outs or \
+             probes, {} bytes",
+            info.tcpi_total_retrans, info.tcpi_retransmits, info.tcpi_bytes_retrans
+        );
+    }
     Ok(latencies)
+}
+
+fn tcp_info(stream: &TcpStream) -> Option<libc::tcp_info> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let result = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (result == 0).then_some(info)
+    }
 }
 
 fn print_latencies(latencies: &[Duration]) {

@@ -310,10 +310,10 @@ mod tests {
     fn a_look_for_room_closes_stalled_holders_before_slow_ones_and_spares_progress() {
         // 40 reads' worth against a budget of 40: the low mark (35) needs 5 reads closed.
         let holders = [
-            (1, 10 * READ, true, false), // the largest, but its output moves: spared
-            (2, 8 * READ, false, true),  // no progress, window open: a lossy link
-            (3, 6 * READ, false, false), // no progress, window closed: stalled
-            (4, 4 * READ, false, false), // stalled
+            (1, 10 * READ, true, false),  // the largest, but its output moves: spared
+            (2, 8 * READ, false, true),   // no progress, window open: a lossy link
+            (3, 6 * READ, false, false),  // no progress, window closed: stalled
+            (4, 4 * READ, false, false),  // stalled
             (5, 12 * READ, false, false), // stalled, but the one being served
         ];
         let mut budget = budget_with(&holders, 40 * READ);

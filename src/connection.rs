@@ -724,3 +724,35 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         "non-text panic payload".to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The buffer budget counts capacity: queued output grows by what it needs, after
+    /// dropping what was sent, never by doubling.
+    #[test]
+    fn queued_output_grows_only_by_what_it_needs() {
+        let read = 64 * 1024;
+        let answer = vec![7u8; read];
+        let mut output = OutputBuffer::default();
+        let mut high = 0;
+        for round in 0..64 {
+            output.queue(&answer);
+            high = high.max(output.capacity());
+            assert!(
+                output.capacity() <= output.pending() + output.sent + read,
+                "round {round}: capacity {} for {} pending",
+                output.capacity(),
+                output.pending()
+            );
+            // The socket takes a little less than a read each time.
+            output.sent += read - 1000;
+            assert!(output.sent <= output.bytes.len());
+        }
+        // 64 reads queued, each all but 1,000 bytes sent: 64,000 bytes pending at the end,
+        // and the buffer never held much more than that plus one read.
+        assert_eq!(output.pending(), 64_000);
+        assert!(high <= 64_000 + 2 * read, "high-water capacity {high}");
+    }
+}

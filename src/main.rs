@@ -27,72 +27,75 @@ use simple_logger::SimpleLogger;
 struct Cli {
     /// Port to listen on; 0 picks a free one. Overrides the PORT environment variable
     /// [default: PORT, else 4040]
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, help_heading = "Listening", value_name = "PORT")]
     port: Option<u16>,
 
     /// Address to listen on, IPv4 or IPv6
-    #[arg(long, value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    #[arg(long, help_heading = "Listening", value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     bind: IpAddr,
 
     /// Set SO_REUSEPORT, so that several instances share the port (one per core) and a new
     /// one can start before the old one stops
-    #[arg(long)]
+    #[arg(long, help_heading = "Listening")]
     reuse_port: bool,
 
-    /// Log level: off, error, warn, info, debug or trace [default: RUST_LOG, else info]
-    #[arg(long, value_name = "LEVEL")]
-    log_level: Option<LevelFilter>,
-
     /// Longest line echoed in one piece; longer lines come back in pieces of this size
-    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MAX_LINE_BYTES,
+    #[arg(long, help_heading = "Limits", value_name = "BYTES", default_value_t = config::DEFAULT_MAX_LINE_BYTES,
           value_parser = parse_positive)]
     max_line_bytes: usize,
 
     /// Most clients served at once; later ones are accepted and closed at once
     /// [default: what the open-file limit allows]
-    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    #[arg(long, help_heading = "Limits", value_name = "N", value_parser = parse_positive)]
     max_connections: Option<usize>,
 
     /// Most connections from one client address; one more is accepted and closed at once;
     /// 0 sets no limit
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, help_heading = "Limits", value_name = "N", default_value_t = 0)]
     max_connections_per_ip: usize,
 
     /// At the connection limit, a new client replaces the least recently active connection
     /// if that one has been idle this many seconds; 0 never evicts
-    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_EVICT_IDLE_AFTER.as_secs_f64(),
+    #[arg(long, help_heading = "Limits", value_name = "SECS", default_value_t = config::DEFAULT_EVICT_IDLE_AFTER.as_secs_f64(),
           value_parser = parse_seconds)]
     evict_idle_after: f64,
 
     /// Budget for the bytes held in all connections' buffers together (unfinished lines and
-    /// unsent echoes); clients holding the most and making no progress are closed to keep it
-    #[arg(long, value_name = "BYTES", default_value_t = config::DEFAULT_MAX_BUFFERED_BYTES,
+    /// unsent echoes). A client holding buffers is not read while a read could pass it; if
+    /// room is needed, the largest holders whose echoes did not move since the last look are
+    /// closed: first those whose client stopped reading (receive window closed), then those
+    /// slowed by the network; over the budget, the largest regardless
+    #[arg(long, help_heading = "Limits", value_name = "BYTES", default_value_t = config::DEFAULT_MAX_BUFFERED_BYTES,
           value_parser = parse_positive)]
     max_buffered_bytes: usize,
 
     /// Close a connection after this many seconds without traffic; 0 never does
-    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
+    #[arg(long, help_heading = "Limits", value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
     idle_timeout: f64,
+
+    /// On SIGINT/SIGTERM, how many seconds to wait for connections to drain
+    #[arg(long, help_heading = "Limits", value_name = "SECS", default_value_t = config::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64(),
+          value_parser = parse_seconds)]
+    shutdown_timeout: f64,
 
     /// Every connection begins with a PROXY protocol header (v1 or v2, as HAProxy's
     /// send-proxy and send-proxy-v2 send it) naming the client; others are closed
-    #[arg(long)]
+    #[arg(long, help_heading = "Protocols")]
     proxy_protocol: bool,
 
     /// Speak the telnet protocol, so that a stock telnet client works as a person expects:
     /// Ctrl-C, 8-bit text such as UTF-8, Are You There
-    #[arg(long)]
+    #[arg(long, help_heading = "Protocols")]
     telnet: bool,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or a port alone for all
     /// addresses), from the same event loop
-    #[arg(long, value_name = "ADDR", value_parser = parse_metrics_addr)]
+    #[arg(long, help_heading = "Observability", value_name = "ADDR", value_parser = parse_metrics_addr)]
     metrics: Option<SocketAddr>,
 
-    /// On SIGINT/SIGTERM, how many seconds to wait for connections to drain
-    #[arg(long, value_name = "SECS", default_value_t = config::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64(),
-          value_parser = parse_seconds)]
-    shutdown_timeout: f64,
+    /// Log level: off, error, warn, info, debug or trace [default: RUST_LOG, else info]
+    #[arg(long, help_heading = "Observability", value_name = "LEVEL")]
+    log_level: Option<LevelFilter>,
 }
 
 fn parse_positive(text: &str) -> Result<usize, String> {

@@ -182,14 +182,14 @@ impl Server {
             }
             while let Some(key) = self.schedule.next_fresh() {
                 let moved = self.serve(key, Readiness::OWED, now);
-                self.schedule.charge_fresh(moved);
+                self.schedule.charge_fresh(key, moved);
             }
             for event in events.iter() {
                 self.dispatch(event, now);
             }
             while let Some(key) = self.schedule.next_backlog() {
                 let moved = self.serve(key, Readiness::OWED, now);
-                self.schedule.charge_backlog(moved);
+                self.schedule.charge_backlog(key, moved);
             }
             self.serve_owed_scrapers(now);
             let stopped = match self.shutdown.forced() {
@@ -229,7 +229,7 @@ impl Server {
                     writable: event.is_writable() || event.is_write_closed(),
                 };
                 let moved = self.serve(key, readiness, now);
-                self.schedule.charge_fresh(moved);
+                self.schedule.charge_fresh(key, moved);
             }
         }
     }
@@ -317,6 +317,7 @@ impl Server {
         let Some(key) = self.connections.insert(registry, socket, peer, now) else {
             return;
         };
+        self.schedule.admit(key);
         let Some(connection) = self.connections.get_mut(key) else {
             return;
         };

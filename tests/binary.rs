@@ -74,6 +74,26 @@ fn help_and_version_describe_the_program() {
     ] {
         assert!(text.contains(option), "--help mentions {option}:\n{text}");
     }
+    // Options are grouped under headings, in this order, each option under its own.
+    let headings = ["Listening:", "Limits:", "Protocols:", "Observability:"];
+    let at: Vec<usize> = headings
+        .iter()
+        .map(|h| {
+            text.find(h)
+                .unwrap_or_else(|| panic!("--help has {h}:\n{text}"))
+        })
+        .collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+    let under = |option: &str| {
+        headings[at
+            .iter()
+            .rposition(|&h| h < text.find(option).unwrap())
+            .unwrap()]
+    };
+    assert_eq!(under("--bind"), "Listening:");
+    assert_eq!(under("--max-buffered-bytes"), "Limits:");
+    assert_eq!(under("--telnet"), "Protocols:");
+    assert_eq!(under("--metrics"), "Observability:");
     let version = binary().arg("--version").output().unwrap();
     assert!(version.status.success());
     assert!(String::from_utf8(version.stdout)
