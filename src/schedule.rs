@@ -2,21 +2,24 @@
 //! are served next, and how much work one turn does in total.
 //!
 //! mio is edge-triggered: a connection whose share of a turn ran out with bytes still
-//! waiting gets no new edge for them, so it must be remembered. What is owed waits in two
+//! waiting gets no new edge for them, so it must be remembered. What is owed waits in
 //! queues:
 //!
-//! - **fresh**: connections that had a readiness event which this turn had no room left to
-//!   serve. They are served first in the next turn, oldest first, ahead of the new events.
+//! - **light** and **fresh**: connections that had a readiness event which this turn had no
+//!   room left to serve, light ones (see below) and the others. They are served first in the
+//!   next turn, oldest first, light ones first, ahead of the new events.
 //! - **backlog**: connections that used their whole share and may have more waiting. They are
 //!   served round-robin, after the fresh events, up to a share of their own per turn, so
 //!   that the busy ones advance every turn and can never fill a turn alone.
 //!
 //! A fresh event is served at once while the turn's share for fresh events lasts. A light
-//! connection's event (one whose last service moved a few KiB at most, as an interactive
-//! client's does, or a new one's) has a share of its own, so that it never waits behind the
-//! heavy connections' events: under a crowd of busy clients, the heavy ones' fresh events
-//! would otherwise form a queue as long as the crowd, and a polite client's round trip
-//! would wait for all of it (measured: 100-300 ms behind 2,000 hogs).
+//! connection's event (one whose last service that moved anything moved a few KiB at most,
+//! as an interactive client's does, or a new one's) has a share and a queue of its own, so
+//! that it never waits behind the heavy connections' events: under a crowd of busy clients,
+//! the heavy ones' fresh events would otherwise form a queue as long as the crowd, and a
+//! polite client's round trip would wait for all of it (measured: 100-300 ms behind 2,000
+//! hogs). A service is charged to the share it was served from, whatever it turned out to
+//! move, so that each share bounds the turn.
 //!
 //! A connection that is queued gets no second entry: the events that come for it meanwhile
 //! are folded into the one service it is owed (a queued service reads and writes as if told
@@ -52,13 +55,14 @@ const LIGHT_BYTES: usize = 4 * 1024;
 struct Mark {
     /// It already waits in a queue.
     queued: bool,
-    /// Its last service moved more than [`LIGHT_BYTES`].
+    /// Its last service that moved anything moved more than [`LIGHT_BYTES`].
     heavy: bool,
 }
 
 /// The two queues and the work done in the current turn.
 #[derive(Debug, Default)]
 pub(crate) struct Schedule {
+    light: VecDeque<usize>,
     fresh: VecDeque<usize>,
     backlog: VecDeque<usize>,
     /// By key. A key closed while queued keeps its entry; a new connection under the same
@@ -96,24 +100,29 @@ impl Schedule {
         if mark.queued {
             return false;
         }
-        let serve_now = if mark.heavy {
-            self.fresh_spent < TURN_SHARE && self.fresh.is_empty()
+        let (spent, queue) = if mark.heavy {
+            (self.fresh_spent, &mut self.fresh)
         } else {
-            self.light_spent < TURN_SHARE
+            (self.light_spent, &mut self.light)
         };
-        if !serve_now {
-            self.mark_mut(key).queued = true;
-            self.fresh.push_back(key);
+        if spent < TURN_SHARE && queue.is_empty() {
+            return true;
         }
-        serve_now
+        queue.push_back(key);
+        self.mark_mut(key).queued = true;
+        false
     }
 
-    /// The next fresh event owed from an earlier turn, while this turn's share lasts.
+    /// The next fresh event owed from an earlier turn, light ones first, while this turn's
+    /// share for its kind lasts.
     pub fn next_fresh(&mut self) -> Option<usize> {
-        if self.fresh_spent >= TURN_SHARE {
+        let key = if self.light_spent < TURN_SHARE && !self.light.is_empty() {
+            self.light.pop_front()?
+        } else if self.fresh_spent < TURN_SHARE {
+            self.fresh.pop_front()?
+        } else {
             return None;
-        }
-        let key = self.fresh.pop_front()?;
+        };
         self.mark_mut(key).queued = false;
         Some(key)
     }
@@ -131,14 +140,15 @@ impl Schedule {
     }
 
     /// A service of `key` for a fresh event (new, or owed from an earlier turn) moved
-    /// `bytes`.
+    /// `bytes`: charged to the share it was served from.
     pub fn charge_fresh(&mut self, key: usize, bytes: usize) {
         let cost = bytes + SERVICE_COST;
-        if self.note(key, bytes) {
+        if self.mark(key).heavy {
             self.fresh_spent += cost;
         } else {
             self.light_spent += cost;
         }
+        self.note(key, bytes);
     }
 
     /// A service of `key` from the backlog moved `bytes`.
@@ -158,7 +168,7 @@ impl Schedule {
 
     /// Work is owed that no event will announce: the next poll must not wait.
     pub fn has_work(&self) -> bool {
-        !self.fresh.is_empty() || !self.backlog.is_empty()
+        !self.light.is_empty() || !self.fresh.is_empty() || !self.backlog.is_empty()
     }
 
     /// Forgets the queues' memory once nothing is queued and many keys were seen: after a
@@ -169,13 +179,17 @@ impl Schedule {
         }
     }
 
-    /// Notes how much `key`'s service moved; true if that makes it heavy.
-    fn note(&mut self, key: usize, bytes: usize) -> bool {
+    /// Notes how much `key`'s service moved. One that moved nothing (a paused connection's
+    /// flush that found the socket full, an event with nothing behind it) says nothing of
+    /// its kind: a busy connection waiting for its client stays heavy.
+    fn note(&mut self, key: usize, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
         let heavy = bytes > LIGHT_BYTES;
         if heavy || key < self.marks.len() {
             self.mark_mut(key).heavy = heavy;
         }
-        heavy
     }
 
     fn mark(&self, key: usize) -> Mark {
@@ -192,7 +206,7 @@ impl Schedule {
     /// Connections queued, both kinds.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.fresh.len() + self.backlog.len()
+        self.light.len() + self.fresh.len() + self.backlog.len()
     }
 }
 
@@ -315,5 +329,38 @@ mod tests {
         schedule.begin_turn();
         assert!(schedule.len() > 0);
         assert!(schedule.on_event(1));
+    }
+
+    #[test]
+    fn each_share_pays_for_what_its_services_moved_and_light_waits_go_first() {
+        let mut schedule = Schedule::default();
+        schedule.begin_turn();
+        // New connections are light; these turn out to move 64 KiB each, charged to the
+        // light share all the same, until it is spent.
+        let mut key = 0;
+        while schedule.on_event(key) {
+            schedule.charge_fresh(key, 2 * READ_SHARE);
+            key += 1;
+        }
+        assert_eq!(key, TURN_SHARE.div_ceil(2 * READ_SHARE + SERVICE_COST));
+        let deferred_light = key; // Never served: still light, waiting in the light queue.
+                                  // A heavy connection's event is served from the fresh share, untouched so far...
+        let heavy = 100;
+        schedule.charge_backlog(heavy, READ_SHARE);
+        assert!(schedule.on_event(heavy));
+        schedule.charge_fresh(heavy, TURN_SHARE);
+        // ...which it spent: the next heavy event waits, in the queue of its kind.
+        schedule.charge_backlog(heavy + 2, READ_SHARE);
+        assert!(!schedule.on_event(heavy + 2));
+        assert_eq!(schedule.len(), 2);
+        // Next turn: the waiting light event comes first.
+        schedule.begin_turn();
+        assert_eq!(schedule.next_fresh(), Some(deferred_light));
+        // A heavy connection whose service moved nothing (its client not reading) stays
+        // heavy; one that moved a little becomes light.
+        schedule.charge_fresh(heavy, 0);
+        assert!(schedule.mark(heavy).heavy);
+        schedule.charge_fresh(heavy, 32);
+        assert!(!schedule.mark(heavy).heavy);
     }
 }

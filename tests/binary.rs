@@ -85,10 +85,9 @@ fn help_and_version_describe_the_program() {
         .collect();
     assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
     let under = |option: &str| {
-        headings[at
-            .iter()
-            .rposition(|&h| h < text.find(option).unwrap())
-            .unwrap()]
+        // The option's own entry, not a mention of it in the description above.
+        let entry = text.find(&format!("\n      {option}")).unwrap();
+        headings[at.iter().rposition(|&h| h < entry).unwrap()]
     };
     assert_eq!(under("--bind"), "Listening:");
     assert_eq!(under("--max-buffered-bytes"), "Limits:");
