@@ -1,8 +1,8 @@
 //! Where a connection comes from and whether it is let in: the listening socket (bound here,
 //! with `SO_REUSEPORT` if asked, or inherited from a service manager through `LISTEN_FDS`),
-//! accepting from it within a per-turn budget, the connection limit, and the pauses after
-//! the process or the system ran out of descriptors or memory, with their rate-limited
-//! warnings.
+//! accepting from it within a per-turn share, `--allow`/`--deny` on the socket's peer, the
+//! per-address and connection limits, and the pauses after the process or the system ran
+//! out of descriptors or memory, with their rate-limited warnings.
 //!
 //! This plays the Elixir original's `:permanent` acceptor: nothing here ends the loop. The
 //! reactor owns the connections; the acceptor only hands it sockets it may keep.
@@ -16,8 +16,10 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Socket, Type};
 
+use crate::access::{warn_refused, AccessRules, ProxySources};
 use crate::config::Config;
 use crate::metrics::AcceptCounts;
+use crate::warning::{suppressed_note, RateLimit};
 
 /// Accepts per turn of the loop, so that a storm of connection attempts cannot hold back
 /// the clients already connected (Redis: `max-new-connections-per-cycle`, 10). When nothing
@@ -25,8 +27,6 @@ use crate::metrics::AcceptCounts;
 pub(crate) const ACCEPTS_PER_TURN: usize = 16;
 /// How long accepting pauses after the process or system ran out of a resource.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-/// Repeated warnings of one kind are logged at most this often.
-const WARNING_INTERVAL: Duration = Duration::from_secs(1);
 /// The listen backlog asked for; the kernel caps it at `net.core.somaxconn`. The Elixir
 /// original's backlog of 5 made one connect in seven wait for a SYN retransmit.
 const LISTEN_BACKLOG: libc::c_int = 4096;
@@ -59,6 +59,11 @@ pub(crate) struct Acceptor {
     local_addr: SocketAddr,
     max_connections: usize,
     max_per_address: Option<usize>,
+    /// `--allow` and `--deny`, checked on the socket's peer before anything is read.
+    rules: AccessRules,
+    /// Connections from these sources are counted under the address their PROXY header
+    /// names, once it has come: not here, under the balancer's.
+    proxy: ProxySources,
     /// Accepting is paused until then, after running out of descriptors or memory.
     paused_until: Option<Instant>,
     /// The listener may still have connections waiting (the accept budget ran out, or a
@@ -69,6 +74,7 @@ pub(crate) struct Acceptor {
     resource_warning: RateLimit,
     limit_warning: RateLimit,
     address_warning: RateLimit,
+    access_warning: RateLimit,
     counts: AcceptCounts,
 }
 
@@ -114,17 +120,16 @@ impl Acceptor {
             origin,
             local_addr,
             max_connections: config.effective_max_connections(),
-            // Behind a load balancer every connection comes from the balancer: the client's
-            // address is checked once its PROXY header has named it.
-            max_per_address: config
-                .max_connections_per_ip
-                .filter(|_| !config.proxy_protocol),
+            max_per_address: config.max_connections_per_ip,
+            rules: AccessRules::new(config),
+            proxy: ProxySources::new(config),
             paused_until: None,
             more_waiting: false,
             share_left: ACCEPTS_PER_TURN,
             resource_warning: RateLimit::default(),
             limit_warning: RateLimit::default(),
             address_warning: RateLimit::default(),
+            access_warning: RateLimit::default(),
             counts: AcceptCounts::default(),
         })
     }
@@ -205,8 +210,14 @@ impl Acceptor {
                 }
             };
             self.counts.accepted += 1;
+            if !self.rules.is_open() && !self.rules.admits(peer.ip()) {
+                self.counts.denied += 1;
+                warn_refused(&mut self.access_warning, peer, "its own address", now);
+                continue; // Dropping the socket closes it, nothing read.
+            }
             if let Some(limit) = self.max_per_address {
-                if from_address(peer.ip()) >= limit {
+                // A balancer's connections are counted under the clients its headers name.
+                if !self.proxy.expects_header(peer.ip()) && from_address(peer.ip()) >= limit {
                     let (counts, warning) = (&mut self.counts, &mut self.address_warning);
                     report_address_limit(counts, warning, peer, limit, now);
                     continue; // Dropping the socket closes it.
@@ -410,36 +421,4 @@ fn is_transient_accept_error(error: &io::Error) -> bool {
                 | libc::EPERM
         )
     )
-}
-
-pub(crate) fn suppressed_note(suppressed: u64) -> String {
-    if suppressed == 0 {
-        String::new()
-    } else {
-        format!("; {suppressed} similar warnings suppressed")
-    }
-}
-
-/// Lets one warning of a kind through per interval and counts the ones held back, so that
-/// a flood of failures cannot flood the log.
-#[derive(Debug, Default)]
-pub(crate) struct RateLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimit {
-    /// `Some(number held back since the last one)` when a warning may be logged now.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(last) if now.duration_since(last) < WARNING_INTERVAL => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
 }

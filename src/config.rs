@@ -7,6 +7,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+pub use ipnet::IpNet;
+
 /// The port the Elixir guide's `KVServer` listens on.
 pub const DEFAULT_PORT: u16 = 4040;
 /// Longest line handed to the handler in one piece; longer lines are echoed in pieces.
@@ -61,9 +63,18 @@ pub struct Config {
     pub output_low_water: usize,
     /// Size of the shared read buffer.
     pub read_buffer_bytes: usize,
+    /// Only clients from these blocks are served (`--allow`); empty: everyone not denied.
+    pub allow: Vec<IpNet>,
+    /// Clients from these blocks are refused (`--deny`), allowed or not.
+    pub deny: Vec<IpNet>,
     /// Every connection begins with a PROXY protocol header (v1 or v2) from a load
-    /// balancer, naming the client; connections without a valid one are closed.
+    /// balancer, naming the client; connections without a valid one are closed. With
+    /// `proxy_from`, only connections from those sources do.
     pub proxy_protocol: bool,
+    /// Connections from these sources (load balancers) must begin with a PROXY header,
+    /// whose client address is then believed; all others are direct clients, never parsed
+    /// for one.
+    pub proxy_from: Vec<IpNet>,
     /// How long a connection may take to send its PROXY protocol header.
     pub proxy_header_timeout: Duration,
     /// Every connection speaks the telnet protocol: commands are taken out of its input,
@@ -90,7 +101,10 @@ impl Default for Config {
             output_high_water: DEFAULT_OUTPUT_HIGH_WATER,
             output_low_water: DEFAULT_OUTPUT_LOW_WATER,
             read_buffer_bytes: DEFAULT_READ_BUFFER_BYTES,
+            allow: Vec::new(),
+            deny: Vec::new(),
             proxy_protocol: false,
+            proxy_from: Vec::new(),
             telnet: false,
             proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
             metrics: None,

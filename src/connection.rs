@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
-use crate::access::AddressLimit;
+use crate::access::{AccessRules, AddressLimit};
 use crate::budget::Holder;
 use crate::handler::LineHandler;
 use crate::idle::{IdleLinks, Linked};
@@ -39,6 +39,8 @@ pub(crate) enum Fault {
     ProxyHeader(String),
     /// With `--proxy-protocol`, its header named an address over `--max-connections-per-ip`.
     AddressLimit,
+    /// Its PROXY header named a client that `--allow`/`--deny` refuse.
+    AccessDenied,
 }
 
 impl From<io::Error> for Fault {
@@ -78,7 +80,9 @@ pub(crate) struct Turn<'a> {
     pub buffer_budget: usize,
     /// The budget's look epoch, noted when queued output moves.
     pub budget_epoch: u64,
-    /// Per-address counts, where a PROXY header's address is counted when it arrives.
+    /// The access lists and the per-address counts, where a PROXY header's address is
+    /// checked and counted when it arrives.
+    pub rules: &'a AccessRules,
     pub addresses: Option<&'a mut AddressLimit>,
 }
 
@@ -436,6 +440,12 @@ impl Connection {
                 client,
                 version,
             } => {
+                if let Some(client) = client.filter(|c| !turn.rules.admits(c.ip())) {
+                    // Still awaiting its header as far as the table knows: never counted
+                    // under an address, so nothing to uncount when it closes.
+                    self.peer = client;
+                    return Err(Fault::AccessDenied);
+                }
                 self.awaiting_header = None;
                 let balancer = self.peer;
                 if let Some(client) = client {

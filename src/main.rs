@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use kv_server::config::{self, Config};
+use kv_server::config::{self, Config, IpNet};
 use kv_server::{Echo, Server, ServiceManager, Stopped};
 use log::LevelFilter;
 use simple_logger::SimpleLogger;
@@ -78,8 +78,25 @@ struct Cli {
           value_parser = parse_seconds)]
     shutdown_timeout: f64,
 
+    /// Serve only clients from this block (CIDR, IPv4 or IPv6; a bare address is one host);
+    /// repeatable. Others are closed before anything is read [default: everyone]
+    #[arg(long, help_heading = "Access", value_name = "CIDR", value_parser = parse_cidr)]
+    allow: Vec<IpNet>,
+
+    /// Refuse clients from this block, even if allowed; repeatable. Behind a balancer both
+    /// lists see the balancer's address, then the one its PROXY header names
+    #[arg(long, help_heading = "Access", value_name = "CIDR", value_parser = parse_cidr)]
+    deny: Vec<IpNet>,
+
+    /// Connections from this block (a load balancer) begin with a PROXY protocol header,
+    /// whose client address is believed; all others are direct clients, served as they are;
+    /// repeatable
+    #[arg(long, help_heading = "Access", value_name = "CIDR", value_parser = parse_cidr)]
+    proxy_from: Vec<IpNet>,
+
     /// Every connection begins with a PROXY protocol header (v1 or v2, as HAProxy's
-    /// send-proxy and send-proxy-v2 send it) naming the client; others are closed
+    /// send-proxy and send-proxy-v2 send it) naming the client; others are closed. Any client
+    /// that reaches the port can then claim any address: prefer --proxy-from
     #[arg(long, help_heading = "Protocols")]
     proxy_protocol: bool,
 
@@ -96,6 +113,26 @@ struct Cli {
     /// Log level: off, error, warn, info, debug or trace [default: RUST_LOG, else info]
     #[arg(long, help_heading = "Observability", value_name = "LEVEL")]
     log_level: Option<LevelFilter>,
+}
+
+/// A CIDR block, or a bare address as a block of one.
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    if let Ok(addr) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    let (addr, prefix) = text
+        .split_once('/')
+        .ok_or("expected an address or a CIDR block (10.0.0.0/8, 2001:db8::/32)")?;
+    let addr: IpAddr = addr
+        .parse()
+        .map_err(|_| format!("'{addr}' is not an IPv4 or IPv6 address"))?;
+    let most = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|&p| p <= most)
+        .ok_or_else(|| format!("the prefix length must be a number from 0 to {most}"))?;
+    IpNet::new(addr, prefix).map_err(|e| e.to_string())
 }
 
 fn parse_positive(text: &str) -> Result<usize, String> {
@@ -166,7 +203,10 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         listen: SocketAddr::new(cli.bind, port),
         reuse_port: cli.reuse_port,
         metrics: cli.metrics,
+        allow: cli.allow,
+        deny: cli.deny,
         proxy_protocol: cli.proxy_protocol,
+        proxy_from: cli.proxy_from,
         telnet: cli.telnet,
         max_line_bytes: cli.max_line_bytes,
         max_connections: cli.max_connections,

@@ -99,6 +99,13 @@ impl Server {
         handler: Box<dyn LineHandler>,
     ) -> io::Result<Server> {
         let shutdown = Shutdown::new(poll.registry(), WAKER, SIGNALS, config.shutdown_timeout)?;
+        if config.proxy_protocol && config.proxy_from.is_empty() {
+            log::warn!(
+                "--proxy-protocol: every connection must begin with a PROXY header, and any \
+                 client that can reach the port can claim any address with one; name the load \
+                 balancers' addresses with --proxy-from to believe only theirs"
+            );
+        }
         let metrics = match config.metrics {
             Some(addr) => Some(
                 MetricsEndpoint::bind(addr, config.metrics_timeout, poll.registry(), METRICS)
@@ -338,6 +345,7 @@ impl Server {
     fn serve(&mut self, key: usize, readiness: Readiness, now: Instant) -> usize {
         let Some(TurnParts {
             connection,
+            rules,
             addresses,
             held,
             others_buffered,
@@ -359,6 +367,7 @@ impl Server {
             others_buffered,
             buffer_budget,
             budget_epoch,
+            rules,
             addresses,
         };
         let result = catch_unwind(AssertUnwindSafe(|| {

@@ -15,12 +15,13 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
-use crate::access::AddressLimit;
+use crate::access::{warn_refused, AccessRules, AddressLimit, ProxySources};
 use crate::budget::BufferBudget;
 use crate::config::Config;
 use crate::connection::{Connection, Fault};
 use crate::idle::IdleList;
 use crate::metrics::{BufferGauges, CloseReason, ClosedCounts};
+use crate::warning::RateLimit;
 
 /// Slab slots kept once every connection has closed; a larger slab is released.
 const SLAB_CAPACITY_KEPT: usize = 1024;
@@ -33,8 +34,15 @@ pub(crate) struct ConnectionTable {
     budget: BufferBudget,
     /// Connections per client address, kept only under `--max-connections-per-ip`.
     per_address: Option<AddressLimit>,
-    /// With `--proxy-protocol`: how long a header may take, and the connections still
-    /// awaiting theirs in order of deadline (all wait equally long, so a queue suffices).
+    /// `--allow` and `--deny`, for the client a PROXY header names.
+    rules: AccessRules,
+    /// Whose connections begin with a PROXY header.
+    proxy: ProxySources,
+    /// Refusals of the clients PROXY headers named, warned of once a second.
+    refusals: RateLimit,
+    /// When some connections send a PROXY header: how long it may take, and the
+    /// connections still awaiting theirs in order of deadline (all wait equally long, so a
+    /// queue suffices).
     header_timeout: Option<Duration>,
     awaiting_headers: VecDeque<(Instant, usize)>,
     closed: ClosedCounts,
@@ -54,7 +62,12 @@ impl ConnectionTable {
             idle_timeout: config.idle_timeout,
             budget: BufferBudget::new(config.max_buffered_bytes, config.read_buffer_bytes),
             per_address: config.max_connections_per_ip.map(AddressLimit::new),
-            header_timeout: config.proxy_protocol.then_some(config.proxy_header_timeout),
+            rules: AccessRules::new(config),
+            proxy: ProxySources::new(config),
+            refusals: RateLimit::default(),
+            header_timeout: ProxySources::new(config)
+                .any()
+                .then_some(config.proxy_header_timeout),
             awaiting_headers: VecDeque::new(),
             closed: ClosedCounts::default(),
         }
@@ -65,8 +78,9 @@ impl ConnectionTable {
         self.per_address.as_ref().map_or(0, |limit| limit.count(ip))
     }
 
-    /// A connection, with what its turn needs of the table: the per-address counts (a
-    /// PROXY header names its address only then) and the buffer budget's figures.
+    /// A connection, with what its turn needs of the table: the access lists and the
+    /// per-address counts (a PROXY header names its address only then) and the buffer
+    /// budget's figures.
     pub fn turn_parts(&mut self, key: usize) -> Option<TurnParts<'_>> {
         let connection = self.slab.get_mut(key)?;
         let held = connection.buffered_capacity();
@@ -76,6 +90,7 @@ impl ConnectionTable {
             buffer_budget: self.budget.limit(),
             budget_epoch: self.budget.epoch(),
             connection,
+            rules: &self.rules,
             addresses: self.per_address.as_mut(),
         })
     }
@@ -232,12 +247,12 @@ impl ConnectionTable {
         }
         let connection = entry.insert(Connection::new(socket, peer, now));
         match self.header_timeout {
-            Some(timeout) => {
+            Some(timeout) if self.proxy.expects_header(peer.ip()) => {
                 // Its address is known once its header has come: counted then.
                 connection.expect_proxy_header(now + timeout);
                 self.awaiting_headers.push_back((now + timeout, key));
             }
-            None => {
+            _ => {
                 if let Some(limit) = self.per_address.as_mut() {
                     limit.add(peer.ip());
                 }
@@ -323,6 +338,12 @@ impl ConnectionTable {
         // Logged while the socket is still open: whoever sees the close can find the line.
         match ending {
             Ending::Quiet(_) => log::debug!("{}: connection closed", connection.peer()),
+            Ending::Fault(Fault::AccessDenied) => warn_refused(
+                &mut self.refusals,
+                connection.peer(),
+                "the client address its PROXY header named",
+                Instant::now(),
+            ),
             Ending::Fault(fault) => log_fault(connection.peer(), fault),
         }
         let _ = registry.deregister(connection.socket_mut());
@@ -338,6 +359,7 @@ impl ConnectionTable {
 /// What a connection's turn borrows of the table, from one lookup.
 pub(crate) struct TurnParts<'a> {
     pub connection: &'a mut Connection,
+    pub rules: &'a AccessRules,
     pub addresses: Option<&'a mut AddressLimit>,
     /// The connection's buffer capacity before the turn.
     pub held: usize,
@@ -359,6 +381,7 @@ impl Ending {
             Ending::Fault(Fault::Io(_)) => CloseReason::Error,
             Ending::Fault(Fault::ProxyHeader(_)) => CloseReason::ProxyHeader,
             Ending::Fault(Fault::AddressLimit) => CloseReason::AddressLimit,
+            Ending::Fault(Fault::AccessDenied) => CloseReason::AccessDenied,
             Ending::Fault(Fault::Panicked {
                 in_handler: true, ..
             }) => CloseReason::HandlerPanic,
@@ -373,6 +396,7 @@ fn log_fault(peer: SocketAddr, fault: Fault) {
             log::debug!("{peer}: {reason}; closing without echoing anything")
         }
         Fault::AddressLimit => log::debug!("{peer}: over --max-connections-per-ip; closed"),
+        Fault::AccessDenied => log::debug!("{peer}: refused by --allow/--deny; closed"),
         Fault::Io(e) if is_ordinary_disconnect(&e) => {
             log::debug!("{peer}: connection closed by the client: {e}")
         }

@@ -75,7 +75,13 @@ fn help_and_version_describe_the_program() {
         assert!(text.contains(option), "--help mentions {option}:\n{text}");
     }
     // Options are grouped under headings, in this order, each option under its own.
-    let headings = ["Listening:", "Limits:", "Protocols:", "Observability:"];
+    let headings = [
+        "Listening:",
+        "Limits:",
+        "Access:",
+        "Protocols:",
+        "Observability:",
+    ];
     let at: Vec<usize> = headings
         .iter()
         .map(|h| {
@@ -91,6 +97,7 @@ fn help_and_version_describe_the_program() {
     };
     assert_eq!(under("--bind"), "Listening:");
     assert_eq!(under("--max-buffered-bytes"), "Limits:");
+    assert_eq!(under("--deny"), "Access:");
     assert_eq!(under("--telnet"), "Protocols:");
     assert_eq!(under("--metrics"), "Observability:");
     let version = binary().arg("--version").output().unwrap();

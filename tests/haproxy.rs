@@ -145,11 +145,13 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-fn instance(port: u16, proxy_protocol: bool) -> ServerProcess {
+/// An instance behind HAProxy; `proxy`: it believes the PROXY headers of HAProxy's
+/// connections, which come from 127.0.0.1 (`--proxy-from`, as deploy/ recommends).
+fn instance(port: u16, proxy: bool) -> ServerProcess {
     let port = port.to_string();
     let mut args = vec!["--port", port.as_str(), "--log-level", "debug"];
-    if proxy_protocol {
-        args.push("--proxy-protocol");
+    if proxy {
+        args.extend(["--proxy-from", "127.0.0.1"]);
     }
     ServerProcess::start(&args)
 }
@@ -207,6 +209,10 @@ fn through_haproxy_with_proxy_v2_every_client_is_served_under_its_own_address() 
         "both instances served some"
     );
     haproxy.wait_until_up(&["kv1", "kv2"]);
+    // The same port serves a direct client, from another address, as who it is.
+    let mut direct = connect_from(source_address(5_000), kv1.addr(), false);
+    direct.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    assert_echo(&mut direct, b"straight to the instance, no header\n");
 }
 
 #[test]

@@ -239,6 +239,7 @@ mod tests {
                 accepted: 5,
                 over_limit: 1,
                 over_address_limit: 0,
+                denied: 0,
                 pauses: 0,
             },
             open: 1,

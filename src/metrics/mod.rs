@@ -32,6 +32,8 @@ pub(crate) enum CloseReason {
     BufferBudget,
     /// With `--proxy-protocol`, no valid header, or none complete in time.
     ProxyHeader,
+    /// Refused by `--allow`/`--deny`: at accept, or once a PROXY header named the client.
+    AccessDenied,
     /// The line handler panicked.
     HandlerPanic,
     /// Serving the connection panicked outside the handler.
@@ -43,7 +45,7 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::ClientClosed,
         CloseReason::Error,
         CloseReason::IdleTimeout,
@@ -52,6 +54,7 @@ impl CloseReason {
         CloseReason::IdleEvicted,
         CloseReason::BufferBudget,
         CloseReason::ProxyHeader,
+        CloseReason::AccessDenied,
         CloseReason::HandlerPanic,
         CloseReason::ServerPanic,
         CloseReason::Drained,
@@ -69,6 +72,7 @@ impl CloseReason {
             CloseReason::IdleEvicted => "idle_evicted",
             CloseReason::BufferBudget => "buffer_budget",
             CloseReason::ProxyHeader => "proxy_header",
+            CloseReason::AccessDenied => "access_denied",
             CloseReason::HandlerPanic => "handler_panic",
             CloseReason::ServerPanic => "server_panic",
             CloseReason::Drained => "shutdown_drained",
@@ -107,6 +111,8 @@ pub(crate) struct AcceptCounts {
     pub accepted: u64,
     pub over_limit: u64,
     pub over_address_limit: u64,
+    /// Refused by `--allow`/`--deny` at accept.
+    pub denied: u64,
     pub pauses: u64,
 }
 
@@ -173,6 +179,7 @@ impl Snapshot {
         let mut closed = self.closed;
         closed.add(CloseReason::ConnectionLimit, self.accepts.over_limit);
         closed.add(CloseReason::AddressLimit, self.accepts.over_address_limit);
+        closed.add(CloseReason::AccessDenied, self.accepts.denied);
         closed
     }
 

@@ -54,6 +54,16 @@ impl TestServer {
         TestServer::run(server)
     }
 
+    /// As [`TestServer::start_with`], listening where `config.listen` says (port 0 for a
+    /// free one), for tests of other addresses than 127.0.0.1 such as `[::]`.
+    pub fn start_listening(config: Config, handler: Box<dyn LineHandler>) -> TestServer {
+        let config = Config {
+            metrics: config.metrics.map(|_| "127.0.0.1:0".parse().unwrap()),
+            ..config
+        };
+        TestServer::run(Server::bind_with_handler(config, handler).expect("bind"))
+    }
+
     fn bind(config: Config, handler: Box<dyn LineHandler>) -> Server {
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
