@@ -51,6 +51,10 @@ struct Args {
     /// crowd: hogs never end a line
     #[arg(long)]
     no_newlines: bool,
+    /// crowd: hogs take a 4 KiB receive buffer, so that the echoes they do not read pile
+    /// up in the server (and its buffer budget) rather than in their own kernel buffers
+    #[arg(long)]
+    small_receive: bool,
     /// storm: threads opening connections one after another
     #[arg(long, default_value_t = 8)]
     storm_threads: usize,
@@ -102,7 +106,7 @@ fn run(args: &Args) -> io::Result<u64> {
         let mut hogs = match args.scenario {
             Scenario::Crowd => (0..args.hogs)
                 .map(|n| {
-                    let stream = connect_from(source_address(n), args.addr, false);
+                    let stream = connect_from(source_address(n), args.addr, args.small_receive);
                     Hog::new(stream, n as u64, args.quota, !args.no_newlines)
                 })
                 .collect(),

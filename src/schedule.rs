@@ -12,7 +12,10 @@
 //!   served round-robin, after the fresh events, up to a share of their own per turn, so
 //!   that the busy ones advance every turn and can never fill a turn alone.
 //!
-//! A fresh event is served at once while the turn's share for fresh events lasts. A light
+//! Each turn serves, in order: the light connections' events owed from earlier turns, the
+//! new events of light connections (and of the listener, signals and scrapers), the heavy
+//! connections' events owed, their new events, then the backlog's share. A fresh event is
+//! served at once while the turn's share for its kind lasts. A light
 //! connection's event (one whose last service that moved anything moved a few KiB at most,
 //! as an interactive client's does, or a new one's) has a share and a queue of its own, so
 //! that it never waits behind the heavy connections' events: under a crowd of busy clients,
@@ -113,18 +116,32 @@ impl Schedule {
         false
     }
 
-    /// The next fresh event owed from an earlier turn, light ones first, while this turn's
-    /// share for its kind lasts.
-    pub fn next_fresh(&mut self) -> Option<usize> {
-        let key = if self.light_spent < TURN_SHARE && !self.light.is_empty() {
-            self.light.pop_front()?
-        } else if self.fresh_spent < TURN_SHARE {
-            self.fresh.pop_front()?
-        } else {
+    /// The next light connection's event owed from an earlier turn, while this turn's light
+    /// share lasts.
+    pub fn next_light(&mut self) -> Option<usize> {
+        if self.light_spent >= TURN_SHARE {
             return None;
-        };
+        }
+        let key = self.light.pop_front()?;
         self.mark_mut(key).queued = false;
         Some(key)
+    }
+
+    /// The next heavy connection's event owed from an earlier turn, while this turn's share
+    /// for them lasts.
+    pub fn next_heavy(&mut self) -> Option<usize> {
+        if self.fresh_spent >= TURN_SHARE {
+            return None;
+        }
+        let key = self.fresh.pop_front()?;
+        self.mark_mut(key).queued = false;
+        Some(key)
+    }
+
+    /// Whether `key`'s last service that moved anything moved more than a few KiB: its
+    /// events are served after the light ones'.
+    pub fn is_heavy(&self, key: usize) -> bool {
+        self.mark(key).heavy
     }
 
     /// The next connection of the backlog, while this turn's backlog share lasts; each is
@@ -232,15 +249,15 @@ mod tests {
         assert!(!schedule.on_event(2));
         assert_eq!(schedule.len(), 2);
         assert!(schedule.has_work());
-        assert_eq!(schedule.next_fresh(), None);
+        assert_eq!(schedule.next_heavy(), None);
 
         schedule.begin_turn();
         // A new event while older ones wait goes behind them.
         assert!(!schedule.on_event(4));
-        assert_eq!(schedule.next_fresh(), Some(2));
-        assert_eq!(schedule.next_fresh(), Some(3));
-        assert_eq!(schedule.next_fresh(), Some(4));
-        assert_eq!(schedule.next_fresh(), None);
+        assert_eq!(schedule.next_heavy(), Some(2));
+        assert_eq!(schedule.next_heavy(), Some(3));
+        assert_eq!(schedule.next_heavy(), Some(4));
+        assert_eq!(schedule.next_heavy(), None);
         assert!(!schedule.has_work());
         assert!(schedule.on_event(2));
     }
@@ -353,9 +370,12 @@ mod tests {
         schedule.charge_backlog(heavy + 2, READ_SHARE);
         assert!(!schedule.on_event(heavy + 2));
         assert_eq!(schedule.len(), 2);
-        // Next turn: the waiting light event comes first.
+        // Next turn: the waiting light event comes first, then the heavy one.
         schedule.begin_turn();
-        assert_eq!(schedule.next_fresh(), Some(deferred_light));
+        assert_eq!(schedule.next_light(), Some(deferred_light));
+        assert_eq!(schedule.next_light(), None);
+        assert!(schedule.is_heavy(heavy + 2));
+        assert_eq!(schedule.next_heavy(), Some(heavy + 2));
         // A heavy connection whose service moved nothing (its client not reading) stays
         // heavy; one that moved a little becomes light.
         schedule.charge_fresh(heavy, 0);

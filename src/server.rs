@@ -44,6 +44,9 @@ pub struct Server {
     connections: ConnectionTable,
     /// Who is served next, and how much one turn does.
     schedule: Schedule,
+    /// This turn's events of heavy connections, served after the light ones' (kept to
+    /// reuse the allocation).
+    heavy_events: Vec<(usize, Readiness)>,
     handler: Box<dyn LineHandler>,
     /// The one read buffer of the whole reactor; connections copy out only what they keep.
     read_buffer: Box<[u8]>,
@@ -124,6 +127,7 @@ impl Server {
             shutdown,
             connections: ConnectionTable::new(&config),
             schedule: Schedule::default(),
+            heavy_events: Vec::new(),
             handler,
             read_buffer: vec![0; config.read_buffer_bytes].into_boxed_slice(),
             scratch: Vec::new(),
@@ -187,13 +191,25 @@ impl Server {
             if let Some(metrics) = self.metrics.as_mut() {
                 metrics.begin_turn();
             }
-            while let Some(key) = self.schedule.next_fresh() {
+            // Light connections first, owed then new: an interactive client never waits for
+            // a crowd's reads. Heavy connections' new events are kept for after the owed.
+            while let Some(key) = self.schedule.next_light() {
                 let moved = self.serve(key, Readiness::OWED, now);
                 self.schedule.charge_fresh(key, moved);
             }
+            self.heavy_events.clear();
             for event in events.iter() {
                 self.dispatch(event, now);
             }
+            while let Some(key) = self.schedule.next_heavy() {
+                let moved = self.serve(key, Readiness::OWED, now);
+                self.schedule.charge_fresh(key, moved);
+            }
+            let heavy_events = std::mem::take(&mut self.heavy_events);
+            for &(key, readiness) in &heavy_events {
+                self.serve_event(key, readiness, now);
+            }
+            self.heavy_events = heavy_events;
             while let Some(key) = self.schedule.next_backlog() {
                 let moved = self.serve(key, Readiness::OWED, now);
                 self.schedule.charge_backlog(key, moved);
@@ -226,18 +242,26 @@ impl Server {
             }
             token if MetricsEndpoint::owns(token) => self.serve_scraper(token, now),
             Token(key) => {
-                if !self.schedule.on_event(key) {
-                    return; // Owed a service already, or this turn's share is spent.
-                }
                 // Errors and hang-ups surface through the read that follows.
                 let readiness = Readiness {
                     readable: event.is_readable() || event.is_read_closed() || event.is_error(),
                     until_would_block: event.is_read_closed() || event.is_error(),
                     writable: event.is_writable() || event.is_write_closed(),
                 };
-                let moved = self.serve(key, readiness, now);
-                self.schedule.charge_fresh(key, moved);
+                if self.schedule.is_heavy(key) {
+                    self.heavy_events.push((key, readiness));
+                } else {
+                    self.serve_event(key, readiness, now);
+                }
             }
+        }
+    }
+
+    /// Serves a connection's readiness event now, unless the schedule says it waits.
+    fn serve_event(&mut self, key: usize, readiness: Readiness, now: Instant) {
+        if self.schedule.on_event(key) {
+            let moved = self.serve(key, readiness, now);
+            self.schedule.charge_fresh(key, moved);
         }
     }
 
