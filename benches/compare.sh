@@ -12,23 +12,10 @@
 #                                [--only "SCENARIO..."] [seconds per run, default 5] [rounds, default 1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-against="" kv_args="" before_args="" only=""
-while [[ "${1:-}" == --* ]]; do
-    case "$1" in
-        --against) against="$(realpath "$2")"; shift 2 ;;
-        --kv-args) kv_args="$2"; shift 2 ;;
-        --before-args) before_args="$2"; shift 2 ;;
-        --only) only="$2"; shift 2 ;;
-        *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
-    esac
-done
-seconds="${1:-5}"
-rounds="${2:-1}"
-ulimit -n "$(ulimit -Hn)"
-
+# shellcheck source=benches/side_by_side.sh
+source benches/side_by_side.sh
 cargo build --release --quiet --bins --example kv_load
-cargo bench --no-run --quiet --bench baseline_server 2>/dev/null
-baseline="$(ls -t target/release/deps/baseline_server-* | grep -v '\.d$' | head -1)"
+parse_options compare.sh 5 "$@"
 load=./target/release/examples/kv_load
 
 pids=()
@@ -69,16 +56,9 @@ run() { # scenario kv_load-args...
 
 rounds_of() { # count scenario kv_load-args...
     local count=$1 scenario=$2; shift 2
-    if [[ -n "$only" && " $only " != *" $scenario "* ]]; then return; fi
+    wanted "$scenario" || return 0
     for round in $(seq "$count"); do
-        # Alternate the order, so that going first (a cold cache, a fresh burst) is shared.
-        local order=("${names[@]}")
-        if ((round % 2 == 0)); then
-            local reversed=()
-            for ((i = ${#names[@]} - 1; i >= 0; i--)); do reversed+=("${names[$i]}"); done
-            order=("${reversed[@]}")
-        fi
-        for name in "${order[@]}"; do
+        for name in $(turn_order "$round" "${names[@]}"); do
             echo "== $scenario, round $round: $name ($*)" | tee -a "$results"
             taskset -c 1 "$load" --addr "127.0.0.1:${port[$name]}" --server-pid "${pid[$name]}" "$@" \
                 | tee -a "$results"

@@ -13,23 +13,10 @@
 #                              [--only "SCENARIO..."] [seconds per run, default 10] [rounds, default 1]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-against="" kv_args="" before_args="" only=""
-while [[ "${1:-}" == --* ]]; do
-    case "$1" in
-        --against) against="$(realpath "$2")"; shift 2 ;;
-        --kv-args) kv_args="$2"; shift 2 ;;
-        --before-args) before_args="$2"; shift 2 ;;
-        --only) only="$2"; shift 2 ;;
-        *) echo "crowd.sh: unknown option $1" >&2; exit 2 ;;
-    esac
-done
-seconds="${1:-10}"
-rounds="${2:-1}"
-ulimit -n "$(ulimit -Hn)"
-
+# shellcheck source=benches/side_by_side.sh
+source benches/side_by_side.sh
 cargo build --release --quiet --bins --example kv_crowd
-cargo bench --no-run --quiet --bench baseline_server 2>/dev/null
-baseline="$(ls -t target/release/deps/baseline_server-* | grep -v '\.d$' | head -1)"
+parse_options crowd.sh 10 "$@"
 crowd=./target/release/examples/kv_crowd
 port=7050
 metrics_port=7059
@@ -66,7 +53,7 @@ stop() {
 
 scenario() { # name servers kv_crowd-args...
     local name=$1 servers=$2; shift 2
-    if [[ -n "$only" && " $only " != *" $name "* ]]; then return; fi
+    wanted "$name" || return 0
     local names=()
     for s in $servers; do
         if [[ "$s" == kv_before && -z "$against" ]]; then
@@ -75,14 +62,7 @@ scenario() { # name servers kv_crowd-args...
         names+=("$s")
     done
     for round in $(seq "$rounds"); do
-        # Alternate the order, so that going first is shared.
-        local order=("${names[@]}")
-        if ((round % 2 == 0)); then
-            local reversed=()
-            for ((i = ${#names[@]} - 1; i >= 0; i--)); do reversed+=("${names[$i]}"); done
-            order=("${reversed[@]}")
-        fi
-        for s in "${order[@]}"; do
+        for s in $(turn_order "$round" "${names[@]}"); do
             start "$s"
             local metrics=()
             [[ "$s" == kv* ]] && metrics=(--metrics "127.0.0.1:$metrics_port")
