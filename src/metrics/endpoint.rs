@@ -32,6 +32,10 @@ const MAX_HEADERS: usize = 64;
 /// from a fresh snapshot and the process's figures from /proc: about 3 KiB of text and
 /// some 50 us here.
 const ANSWERS_PER_TURN: usize = 4;
+/// How long the process's figures read from /proc serve answers before they are read again.
+/// One read takes tens of microseconds, but now and then several milliseconds (seen up to
+/// 9 ms here): once a second at most keeps that out of nearly every turn.
+const PROCESS_STATS_MAX_AGE: Duration = Duration::from_secs(1);
 /// Reads of what follows a scraper's last request (after the server closed its side) per
 /// turn: a scraper that keeps sending after that must not keep the loop to itself.
 const DISCARDS_PER_TURN: usize = 4;
@@ -46,6 +50,8 @@ pub(crate) struct MetricsEndpoint {
     owed: VecDeque<usize>,
     /// Answers this turn may still give.
     answers_left: usize,
+    /// The process's figures, and when they were read.
+    process: Option<(Instant, ProcessStats)>,
     /// How long a scraper may take to send a request, or to take its answer.
     timeout: Duration,
 }
@@ -69,6 +75,10 @@ struct Scraper {
     /// Waits in the endpoint's queue of scrapers owed a turn.
     owed: bool,
 }
+
+/// What an answer is rendered from, taken when its request is complete: the server's
+/// snapshot and the process's figures.
+type Figures<'a> = dyn FnMut() -> (Snapshot, ProcessStats) + 'a;
 
 /// Where a scraper's turn left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +119,7 @@ impl MetricsEndpoint {
             scrapers: Slab::new(),
             owed: VecDeque::new(),
             answers_left: ANSWERS_PER_TURN,
+            process: None,
             timeout,
         })
     }
@@ -218,7 +229,14 @@ impl MetricsEndpoint {
         snapshot: &mut dyn FnMut() -> Snapshot,
     ) {
         let scraper = &mut self.scrapers[key];
-        match scraper.serve(now, self.timeout, &mut self.answers_left, snapshot) {
+        let process = &mut self.process;
+        let mut figures = || {
+            let fresh = process.filter(|&(read, _)| now < read + PROCESS_STATS_MAX_AGE);
+            let (_, stats) = fresh.unwrap_or_else(|| (now, ProcessStats::read()));
+            *process = Some((now, stats));
+            (snapshot(), stats)
+        };
+        match scraper.serve(now, self.timeout, &mut self.answers_left, &mut figures) {
             Ok(Progress::Waiting) => {}
             Ok(Progress::ShareSpent) => {
                 scraper.owed = true;
@@ -270,7 +288,7 @@ impl Scraper {
         now: Instant,
         timeout: Duration,
         answers_left: &mut usize,
-        snapshot: &mut dyn FnMut() -> Snapshot,
+        figures: &mut Figures<'_>,
     ) -> io::Result<Progress> {
         loop {
             if !self.flush(now, timeout)? {
@@ -289,7 +307,7 @@ impl Scraper {
             if *answers_left == 0 {
                 return Ok(Progress::ShareSpent);
             }
-            if self.answer_one(now, timeout, snapshot) {
+            if self.answer_one(now, timeout, figures) {
                 *answers_left -= 1;
                 continue;
             }
@@ -364,12 +382,7 @@ impl Scraper {
 
     /// Answers the first request in `input` if it is complete (or can never be: too large,
     /// malformed, or cut short by the end of stream). True if it answered.
-    fn answer_one(
-        &mut self,
-        now: Instant,
-        timeout: Duration,
-        snapshot: &mut dyn FnMut() -> Snapshot,
-    ) -> bool {
+    fn answer_one(&mut self, now: Instant, timeout: Duration, figures: &mut Figures<'_>) -> bool {
         if self.input.is_empty() {
             return false;
         }
@@ -380,7 +393,7 @@ impl Scraper {
             Ok(httparse::Status::Complete(used)) if used > MAX_REQUEST_BYTES => {
                 (too_large(), self.input.len())
             }
-            Ok(httparse::Status::Complete(used)) => (respond(&request, snapshot), used),
+            Ok(httparse::Status::Complete(used)) => (respond(&request, figures), used),
             Ok(httparse::Status::Partial) if self.input.len() > MAX_REQUEST_BYTES => {
                 (too_large(), self.input.len())
             }
@@ -421,7 +434,7 @@ fn has_token(value: Option<&[u8]>, token: &str) -> bool {
 }
 
 /// The answer to one complete request.
-fn respond(request: &httparse::Request<'_, '_>, snapshot: &mut dyn FnMut() -> Snapshot) -> Answer {
+fn respond(request: &httparse::Request<'_, '_>, figures: &mut Figures<'_>) -> Answer {
     let minor_version = request.version.unwrap_or(1);
     let connection = header(request, "Connection");
     // HTTP/1.1 keeps the connection unless told otherwise; 1.0 closes unless asked not to.
@@ -451,7 +464,10 @@ fn respond(request: &httparse::Request<'_, '_>, snapshot: &mut dyn FnMut() -> Sn
         Answer {
             status: "200 OK",
             content_type: format.content_type(),
-            body: exposition::render(&snapshot(), &ProcessStats::read(), format),
+            body: {
+                let (snapshot, process) = figures();
+                exposition::render(&snapshot, &process, format)
+            },
             head_only: method == "HEAD",
             close: !keep_alive,
             minor_version: 1,
