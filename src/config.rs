@@ -27,6 +27,9 @@ pub const DEFAULT_METRICS_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The budget for the bytes held in all connections' buffers together.
 pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+/// Silence on a connection after which TCP keepalive probes begin (Redis: `tcp-keepalive
+/// 300`); a peer that answers none of three is gone.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(300);
 /// How long the least recently active connection must have been idle before a new client,
 /// arriving when the connection limit is reached, takes its place.
 pub const DEFAULT_EVICT_IDLE_AFTER: Duration = Duration::from_secs(60);
@@ -54,6 +57,11 @@ pub struct Config {
     pub max_buffered_bytes: usize,
     /// Close a connection after this long without traffic; `None` never does.
     pub idle_timeout: Option<Duration>,
+    /// TCP keepalive on every accepted connection: the first probe after this long without
+    /// traffic, then three more a third of it apart, and `TCP_USER_TIMEOUT` at twice it, so
+    /// that a peer that vanished (its reset lost, its host gone) is found and its connection
+    /// closed; `None` sends no probes.
+    pub tcp_keepalive: Option<Duration>,
     /// How long a graceful shutdown waits for connections to flush and close.
     pub shutdown_timeout: Duration,
     /// Most unsent echo output held for one connection: reading from it pauses while one
@@ -97,6 +105,7 @@ impl Default for Config {
             evict_idle_after: Some(DEFAULT_EVICT_IDLE_AFTER),
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             idle_timeout: None,
+            tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             output_high_water: DEFAULT_OUTPUT_HIGH_WATER,
             output_low_water: DEFAULT_OUTPUT_LOW_WATER,
@@ -151,6 +160,14 @@ impl Config {
                  least two reads",
                 self.read_buffer_bytes, self.max_line_bytes
             )));
+        }
+        if self
+            .tcp_keepalive
+            .is_some_and(|time| time < Duration::from_secs(1))
+        {
+            return Err(ConfigError(
+                "--tcp-keepalive must be at least 1 second (or 0 for none)".into(),
+            ));
         }
         if self.output_low_water >= self.output_high_water {
             return Err(ConfigError(format!(

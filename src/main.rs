@@ -69,6 +69,13 @@ struct Cli {
           value_parser = parse_positive)]
     max_buffered_bytes: usize,
 
+    /// Probe a silent connection with TCP keepalive after this many seconds (then three
+    /// probes a third of it apart), and give up on a peer that acknowledges nothing for
+    /// twice it, so that vanished clients are closed; 0 sends no probes
+    #[arg(long, help_heading = "Limits", value_name = "SECS", default_value_t = config::DEFAULT_TCP_KEEPALIVE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    tcp_keepalive: u64,
+
     /// Close a connection after this many seconds without traffic; 0 never does
     #[arg(long, help_heading = "Limits", value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
     idle_timeout: f64,
@@ -216,6 +223,7 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
             .then(|| Duration::from_secs_f64(cli.evict_idle_after)),
         max_buffered_bytes: cli.max_buffered_bytes,
         idle_timeout: (cli.idle_timeout > 0.0).then(|| Duration::from_secs_f64(cli.idle_timeout)),
+        tcp_keepalive: (cli.tcp_keepalive > 0).then(|| Duration::from_secs(cli.tcp_keepalive)),
         shutdown_timeout: Duration::from_secs_f64(cli.shutdown_timeout),
         ..Config::default()
     };

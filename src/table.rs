@@ -378,6 +378,9 @@ impl Ending {
     fn reason(&self) -> CloseReason {
         match self {
             Ending::Quiet(reason) => *reason,
+            Ending::Fault(Fault::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                CloseReason::PeerTimeout
+            }
             Ending::Fault(Fault::Io(_)) => CloseReason::Error,
             Ending::Fault(Fault::ProxyHeader(_)) => CloseReason::ProxyHeader,
             Ending::Fault(Fault::AddressLimit) => CloseReason::AddressLimit,

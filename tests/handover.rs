@@ -13,6 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::churn::{Churn, Tally};
+use common::netns;
 use common::ServerProcess;
 
 const HANDOVERS: usize = 10;
@@ -20,43 +21,10 @@ const HANDOVERS: usize = 10;
 /// Moves this thread (and every process and thread it starts from now on) into a new
 /// network namespace with its loopback up and `tcp_migrate_req` set as asked.
 fn private_network(migrate_req: bool) -> Result<(), String> {
-    // SAFETY: unshare only changes this thread's namespaces.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(format!(
-            "cannot make a network namespace: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    loopback_up().map_err(|e| format!("cannot bring the loopback up: {e}"))?;
+    netns::enter_private_network()?;
     let value = if migrate_req { "1" } else { "0" };
     std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", value)
         .map_err(|e| format!("cannot set net.ipv4.tcp_migrate_req (Linux 5.14+): {e}"))
-}
-
-fn loopback_up() -> std::io::Result<()> {
-    // SAFETY: plain ioctls on a socket this function owns, with a zeroed, named ifreq.
-    unsafe {
-        let socket = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-        if socket < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut request: libc::ifreq = std::mem::zeroed();
-        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
-            *slot = *byte as libc::c_char;
-        }
-        let mut rc = libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request);
-        if rc == 0 {
-            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            rc = libc::ioctl(socket, libc::SIOCSIFFLAGS, &request);
-        }
-        let result = if rc == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        };
-        libc::close(socket);
-        result
-    }
 }
 
 /// Enters a private network, or explains why this test is skipped (never under CI).

@@ -34,6 +34,8 @@ pub(crate) enum CloseReason {
     ProxyHeader,
     /// Refused by `--allow`/`--deny`: at accept, or once a PROXY header named the client.
     AccessDenied,
+    /// The peer vanished: keepalive probes or sent bytes went unanswered (`ETIMEDOUT`).
+    PeerTimeout,
     /// The line handler panicked.
     HandlerPanic,
     /// Serving the connection panicked outside the handler.
@@ -45,7 +47,7 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 13] = [
+    pub const ALL: [CloseReason; 14] = [
         CloseReason::ClientClosed,
         CloseReason::Error,
         CloseReason::IdleTimeout,
@@ -55,6 +57,7 @@ impl CloseReason {
         CloseReason::BufferBudget,
         CloseReason::ProxyHeader,
         CloseReason::AccessDenied,
+        CloseReason::PeerTimeout,
         CloseReason::HandlerPanic,
         CloseReason::ServerPanic,
         CloseReason::Drained,
@@ -73,6 +76,7 @@ impl CloseReason {
             CloseReason::BufferBudget => "buffer_budget",
             CloseReason::ProxyHeader => "proxy_header",
             CloseReason::AccessDenied => "access_denied",
+            CloseReason::PeerTimeout => "peer_timeout",
             CloseReason::HandlerPanic => "handler_panic",
             CloseReason::ServerPanic => "server_panic",
             CloseReason::Drained => "shutdown_drained",

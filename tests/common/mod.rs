@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub mod captured_log;
 pub mod churn;
+pub mod netns;
 #[allow(unused_imports)] // Each test binary uses its own subset of these helpers.
 pub use kv_testkit::crowd;
 
