@@ -59,8 +59,6 @@ pub(crate) struct Acceptor {
     local_addr: SocketAddr,
     max_connections: usize,
     max_per_address: Option<usize>,
-    /// TCP keepalive and user time-out for accepted connections (`--tcp-keepalive`).
-    keepalive: Option<(socket2::TcpKeepalive, Duration)>,
     /// `--allow` and `--deny`, checked on the socket's peer before anything is read.
     rules: AccessRules,
     /// Connections from these sources are counted under the address their PROXY header
@@ -114,6 +112,12 @@ impl Acceptor {
         registry: &Registry,
         token: Token,
     ) -> io::Result<Acceptor> {
+        if let Some(time) = config.tcp_keepalive {
+            // Accepted sockets inherit these from the listener: nothing to do per accept.
+            set_keepalive(&listener, time).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot set --tcp-keepalive: {e}"))
+            })?;
+        }
         let mut listener = TcpListener::from_std(listener);
         let local_addr = listener.local_addr()?;
         registry.register(&mut listener, token, Interest::READABLE)?;
@@ -123,7 +127,6 @@ impl Acceptor {
             local_addr,
             max_connections: config.effective_max_connections(),
             max_per_address: config.max_connections_per_ip,
-            keepalive: config.tcp_keepalive.map(keepalive_settings),
             rules: AccessRules::new(config),
             proxy: ProxySources::new(config),
             paused_until: None,
@@ -230,15 +233,7 @@ impl Acceptor {
             if let Err(e) = socket.set_nodelay(true) {
                 log::debug!("{peer}: cannot set TCP_NODELAY: {e}");
             }
-            if let Some((keepalive, user_timeout)) = &self.keepalive {
-                let socket = socket2::SockRef::from(&socket);
-                let set = socket
-                    .set_tcp_keepalive(keepalive)
-                    .and_then(|()| socket.set_tcp_user_timeout(Some(*user_timeout)));
-                if let Err(e) = set {
-                    log::debug!("{peer}: cannot set TCP keepalive: {e}");
-                }
-            }
+
             if open >= self.max_connections {
                 return Some(Arrival::Full(socket, peer));
             }
@@ -295,16 +290,20 @@ fn report_address_limit(
     }
 }
 
-/// Keepalive for `--tcp-keepalive TIME`: the first probe after TIME of silence, three more a
-/// third of TIME apart (at least a second), and a user time-out at twice TIME, so that a
-/// peer that stops acknowledging what was sent is given up on in bounded time too.
-fn keepalive_settings(time: Duration) -> (socket2::TcpKeepalive, Duration) {
+/// Keepalive for `--tcp-keepalive TIME` on `listener`, which the connections it accepts
+/// inherit (Linux copies these options to each accepted socket): the first probe after
+/// TIME of silence, three more a third of TIME apart (at least a second), and a user
+/// time-out at twice TIME, so that a peer that stops acknowledging what was sent is given
+/// up on in bounded time too.
+fn set_keepalive(listener: &std::net::TcpListener, time: Duration) -> io::Result<()> {
     let interval = (time / 3).max(Duration::from_secs(1));
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(time)
         .with_interval(interval)
         .with_retries(3);
-    (keepalive, time * 2)
+    let socket = socket2::SockRef::from(listener);
+    socket.set_tcp_keepalive(&keepalive)?;
+    socket.set_tcp_user_timeout(Some(time * 2))
 }
 
 /// A non-blocking listening socket on `addr`, its options set before `bind`.
