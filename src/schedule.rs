@@ -5,25 +5,23 @@
 //! waiting gets no new edge for them, so it must be remembered. What is owed waits in
 //! queues:
 //!
-//! - **light** and **fresh**: connections that had a readiness event which this turn had no
-//!   room left to serve, light ones (see below) and the others. They are served first in the
-//!   next turn, oldest first, light ones first, ahead of the new events.
+//! - **light** and **heavy**: connections that had a readiness event which this turn had no
+//!   room left to serve, by kind (see below). They are served first in the next turn,
+//!   oldest first, ahead of the new events of their kind.
 //! - **backlog**: connections that used their whole share and may have more waiting. They are
 //!   served round-robin, after the fresh events, up to a share of their own per turn, so
 //!   that the busy ones advance every turn and can never fill a turn alone.
 //!
-//! Each turn serves, in order: the light connections' events owed from earlier turns, the
-//! new events of light connections (and of the listener, signals and scrapers), the heavy
-//! connections' events owed, their new events, then the backlog's share. A fresh event is
-//! served at once while the turn's share for its kind lasts. A light
-//! connection's event (one whose last service that moved anything moved a few KiB at most,
-//! as an interactive client's does; a new connection is heavy until then) has a share and a
-//! queue of its own, so
-//! that it never waits behind the heavy connections' events: under a crowd of busy clients,
-//! the heavy ones' fresh events would otherwise form a queue as long as the crowd, and a
-//! polite client's round trip would wait for all of it (measured: 100-300 ms behind 2,000
-//! hogs). A service is charged to the share it was served from, whatever it turned out to
-//! move, so that each share bounds the turn.
+//! A connection is light when its last service that moved anything moved a few KiB at
+//! most, as an interactive client's does; a new connection is heavy until then. Each turn
+//! serves, in order: the light connections' events owed from earlier turns, the new events
+//! of light connections (and of the listener, signals and scrapers), the heavy connections'
+//! events owed, their new events, then the backlog's share. Light and heavy events each
+//! have a share of the turn, so that a light connection never waits behind the heavy ones:
+//! under a crowd of busy clients, the heavy ones' events would otherwise form a queue as
+//! long as the crowd, and a polite client's round trip would wait for all of it (measured:
+//! 100-300 ms behind 2,000 hogs). A service is charged to the share it was served from,
+//! whatever it turned out to move, so that each share bounds the turn.
 //!
 //! A connection that is queued gets no second entry: the events that come for it meanwhile
 //! are folded into the one service it is owed (a queued service reads and writes as if told
@@ -42,8 +40,8 @@ pub(crate) const READ_SHARE: usize = 64 * 1024;
 /// `NET_MAX_WRITES_PER_EVENT`, 64 KiB). Echoes of a read go out with the read, whatever
 /// this says: they are never more than the read itself.
 pub(crate) const WRITE_SHARE: usize = 64 * 1024;
-/// The work of fresh events in one turn, of light connections' events, and of the backlog,
-/// each: past it, fresh events wait for the next turn (first in line), and the backlog's
+/// The work of light connections' events in one turn, of heavy ones', and of the backlog,
+/// each: past it, events wait for the next turn (first in line), and the backlog's
 /// round-robin goes on there. Reads and writes both count, so 1 MiB is 512 KiB of echo,
 /// about 0.3 ms here.
 pub(crate) const TURN_SHARE: usize = 1024 * 1024;
@@ -63,16 +61,18 @@ struct Mark {
     heavy: bool,
 }
 
-/// The two queues and the work done in the current turn.
+/// The queues of work owed and the work done in the current turn.
 #[derive(Debug, Default)]
 pub(crate) struct Schedule {
+    /// Light and heavy connections' events this turn had no room left to serve.
     light: VecDeque<usize>,
-    fresh: VecDeque<usize>,
+    heavy: VecDeque<usize>,
+    /// Connections that used their whole share with work left.
     backlog: VecDeque<usize>,
     /// By key. A key closed while queued keeps its entry; a new connection under the same
     /// key is then served once for nothing.
     marks: Vec<Mark>,
-    fresh_spent: usize,
+    heavy_spent: usize,
     light_spent: usize,
     backlog_spent: usize,
     /// Backlog entries this turn may still serve: each is served at most once a turn.
@@ -82,7 +82,7 @@ pub(crate) struct Schedule {
 impl Schedule {
     /// Starts a turn: its shares are whole again.
     pub fn begin_turn(&mut self) {
-        self.fresh_spent = 0;
+        self.heavy_spent = 0;
         self.light_spent = 0;
         self.backlog_spent = 0;
         self.backlog_left = self.backlog.len();
@@ -106,7 +106,7 @@ impl Schedule {
             return false;
         }
         let (spent, queue) = if mark.heavy {
-            (self.fresh_spent, &mut self.fresh)
+            (self.heavy_spent, &mut self.heavy)
         } else {
             (self.light_spent, &mut self.light)
         };
@@ -132,10 +132,10 @@ impl Schedule {
     /// The next heavy connection's event owed from an earlier turn, while this turn's share
     /// for them lasts.
     pub fn next_heavy(&mut self) -> Option<usize> {
-        if self.fresh_spent >= TURN_SHARE {
+        if self.heavy_spent >= TURN_SHARE {
             return None;
         }
-        let key = self.fresh.pop_front()?;
+        let key = self.heavy.pop_front()?;
         self.mark_mut(key).queued = false;
         Some(key)
     }
@@ -163,7 +163,7 @@ impl Schedule {
     pub fn charge_fresh(&mut self, key: usize, bytes: usize) {
         let cost = bytes + SERVICE_COST;
         if self.mark(key).heavy {
-            self.fresh_spent += cost;
+            self.heavy_spent += cost;
         } else {
             self.light_spent += cost;
         }
@@ -187,7 +187,7 @@ impl Schedule {
 
     /// Work is owed that no event will announce: the next poll must not wait.
     pub fn has_work(&self) -> bool {
-        !self.light.is_empty() || !self.fresh.is_empty() || !self.backlog.is_empty()
+        !self.light.is_empty() || !self.heavy.is_empty() || !self.backlog.is_empty()
     }
 
     /// Forgets the queues' memory once nothing is queued and many keys were seen: after a
@@ -225,7 +225,7 @@ impl Schedule {
     /// Connections queued, both kinds.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.light.len() + self.fresh.len() + self.backlog.len()
+        self.light.len() + self.heavy.len() + self.backlog.len()
     }
 }
 
@@ -367,7 +367,7 @@ mod tests {
     fn each_share_pays_for_what_its_services_moved_and_light_waits_go_first() {
         let mut schedule = Schedule::default();
         schedule.begin_turn();
-        // New connections are light; these turn out to move 64 KiB each, charged to the
+        // Keys never admitted are light; these turn out to move 64 KiB each, charged to the
         // light share all the same, until it is spent.
         let mut key = 0;
         while schedule.on_event(key) {
@@ -375,8 +375,9 @@ mod tests {
             key += 1;
         }
         assert_eq!(key, TURN_SHARE.div_ceil(2 * READ_SHARE + SERVICE_COST));
-        let deferred_light = key; // Never served: still light, waiting in the light queue.
-                                  // A heavy connection's event is served from the fresh share, untouched so far...
+        // Never served: still light, waiting in the light queue.
+        let deferred_light = key;
+        // A heavy connection's event is served from the heavy share, untouched so far...
         let heavy = 100;
         schedule.charge_backlog(heavy, READ_SHARE);
         assert!(schedule.on_event(heavy));

@@ -193,27 +193,18 @@ impl Server {
             }
             // Light connections first, owed then new: an interactive client never waits for
             // a crowd's reads. Heavy connections' new events are kept for after the owed.
-            while let Some(key) = self.schedule.next_light() {
-                let moved = self.serve(key, Readiness::OWED, now);
-                self.schedule.charge_fresh(key, moved);
-            }
+            self.serve_owed(Schedule::next_light, Schedule::charge_fresh, now);
             self.heavy_events.clear();
             for event in events.iter() {
                 self.dispatch(event, now);
             }
-            while let Some(key) = self.schedule.next_heavy() {
-                let moved = self.serve(key, Readiness::OWED, now);
-                self.schedule.charge_fresh(key, moved);
-            }
+            self.serve_owed(Schedule::next_heavy, Schedule::charge_fresh, now);
             let heavy_events = std::mem::take(&mut self.heavy_events);
             for &(key, readiness) in &heavy_events {
                 self.serve_event(key, readiness, now);
             }
             self.heavy_events = heavy_events;
-            while let Some(key) = self.schedule.next_backlog() {
-                let moved = self.serve(key, Readiness::OWED, now);
-                self.schedule.charge_backlog(key, moved);
-            }
+            self.serve_owed(Schedule::next_backlog, Schedule::charge_backlog, now);
             self.serve_owed_scrapers(now);
             let stopped = match self.shutdown.forced() {
                 Some(stopped) => Some(stopped),
@@ -254,6 +245,20 @@ impl Server {
                     self.serve_event(key, readiness, now);
                 }
             }
+        }
+    }
+
+    /// Serves the connections one queue of the schedule owes a service, while its share of
+    /// the turn lasts, charging each to it.
+    fn serve_owed(
+        &mut self,
+        next: fn(&mut Schedule) -> Option<usize>,
+        charge: fn(&mut Schedule, usize, usize),
+        now: Instant,
+    ) {
+        while let Some(key) = next(&mut self.schedule) {
+            let moved = self.serve(key, Readiness::OWED, now);
+            charge(&mut self.schedule, key, moved);
         }
     }
 

@@ -56,6 +56,7 @@ impl ConnectionTable {
             .into_iter()
             .flatten()
             .min();
+        let proxy = ProxySources::new(config);
         ConnectionTable {
             slab: Slab::new(),
             idle: shortest.map(|time| IdleList::new((time / 8).min(Duration::from_secs(1)))),
@@ -63,11 +64,9 @@ impl ConnectionTable {
             budget: BufferBudget::new(config.max_buffered_bytes, config.read_buffer_bytes),
             per_address: config.max_connections_per_ip.map(AddressLimit::new),
             rules: AccessRules::new(config),
-            proxy: ProxySources::new(config),
+            header_timeout: proxy.any().then_some(config.proxy_header_timeout),
+            proxy,
             refusals: RateLimit::default(),
-            header_timeout: ProxySources::new(config)
-                .any()
-                .then_some(config.proxy_header_timeout),
             awaiting_headers: VecDeque::new(),
             closed: ClosedCounts::default(),
         }
