@@ -11,7 +11,6 @@
 use std::any::Any;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
@@ -25,7 +24,7 @@ use crate::line;
 use crate::metrics::Traffic;
 use crate::proxy;
 use crate::schedule::{READ_SHARE, WRITE_SHARE};
-use crate::telnet::{self, Piece, Telnet};
+use crate::telnet::{self, Piece, SubnegotiationTooLong, Telnet};
 
 /// Why a connection has to end early.
 #[derive(Debug)]
@@ -46,6 +45,18 @@ pub(crate) enum Fault {
 impl From<io::Error> for Fault {
     fn from(error: io::Error) -> Self {
         Fault::Io(error)
+    }
+}
+
+impl From<SubnegotiationTooLong> for Fault {
+    fn from(_: SubnegotiationTooLong) -> Self {
+        Fault::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "telnet sub-negotiation longer than {} bytes",
+                telnet::MAX_SUBNEGOTIATION_BYTES
+            ),
+        ))
     }
 }
 
@@ -70,6 +81,9 @@ pub(crate) enum ReadOutcome {
 pub(crate) struct Turn<'a> {
     pub read_buffer: &'a mut [u8],
     pub scratch: &'a mut Vec<u8>,
+    /// With telnet, everything one read produces (echoes and replies), gathered to go out
+    /// in one write.
+    pub telnet_output: &'a mut Vec<u8>,
     pub handler: &'a mut dyn LineHandler,
     pub max_line_bytes: usize,
     pub output_high_water: usize,
@@ -123,6 +137,8 @@ pub(crate) struct Connection {
     /// With `--telnet`: the protocol layer between the socket and the framing. Boxed, so
     /// that a connection without it pays one pointer.
     telnet: Option<Box<TelnetLayer>>,
+    /// The client's first bytes have arrived (after its PROXY header, if any).
+    first_bytes_seen: bool,
     /// The last flush stopped at its share with output left and the socket perhaps able
     /// to take it: no writable edge will come, so the reactor must come back.
     flush_cut: bool,
@@ -138,20 +154,11 @@ impl Linked for Connection {
     }
 }
 
-/// The telnet decoder, and what one read of it found, kept between reads to reuse their
-/// allocations.
+/// The telnet decoder's state; nothing of one read is kept for the next.
 struct TelnetLayer {
     decoder: Telnet,
-    pieces: Vec<TelnetPiece>,
-    replies: Vec<u8>,
-}
-
-/// A piece of decoded telnet input, its ranges into the read or into `replies`.
-enum TelnetPiece {
-    Data(Range<usize>),
-    Reply(Range<usize>),
-    DiscardLine,
-    EraseCharacter,
+    /// The offers wait for the PROXY header: they go out with the first answers after it.
+    offers_owed: bool,
 }
 
 /// A connection's first bytes while its PROXY protocol header is incomplete.
@@ -179,6 +186,7 @@ impl Connection {
             budget_paused: false,
             awaiting_header: None,
             telnet: None,
+            first_bytes_seen: false,
             flush_cut: false,
             idle: IdleLinks::new(now),
         }
@@ -198,15 +206,17 @@ impl Connection {
     }
 
     /// From now on the connection speaks telnet: its input is decoded before framing and
-    /// its echoes escaped. Sends the server's offers (BINARY, SUPPRESS-GO-AHEAD) at once.
+    /// its echoes escaped. The server's offers go out at once, or, when a PROXY header is
+    /// awaited, once it has come: the balancer is not a telnet client.
     pub fn speak_telnet(&mut self, traffic: &mut Traffic) -> io::Result<()> {
-        let (decoder, offers) = Telnet::new();
+        let offers_owed = self.awaiting_header.is_some();
         self.telnet = Some(Box::new(TelnetLayer {
-            decoder,
-            pieces: Vec::new(),
-            replies: Vec::new(),
+            decoder: Telnet::new(),
+            offers_owed,
         }));
-        traffic.bytes_sent += self.output.send(&mut self.socket, &offers)? as u64;
+        if !offers_owed {
+            traffic.bytes_sent += self.output.send(&mut self.socket, telnet::OFFERS)? as u64;
+        }
         Ok(())
     }
 
@@ -289,9 +299,30 @@ impl Connection {
         turn: &mut Turn<'_>,
         until_would_block: bool,
     ) -> Result<ReadOutcome, Fault> {
+        // The read buffer steps out of the turn while it is read into and answered from,
+        // since answering needs the rest of the turn.
+        let buffer = std::mem::take(&mut turn.read_buffer);
+        let outcome = self.read_into(buffer, turn, until_would_block);
+        turn.read_buffer = buffer;
+        outcome
+    }
+
+    fn read_into(
+        &mut self,
+        buffer: &mut [u8],
+        turn: &mut Turn<'_>,
+        until_would_block: bool,
+    ) -> Result<ReadOutcome, Fault> {
         if self.read_closed || self.read_paused {
             return Ok(ReadOutcome::Stopped);
         }
+        // The most output one read can produce: its echo, or with telnet twice that (every
+        // line end may grow to CR LF) and a few replies.
+        let answer_reach = if self.telnet.is_some() {
+            2 * buffer.len()
+        } else {
+            buffer.len()
+        };
         self.read_drained = false;
         let mut read = 0;
         while read < READ_SHARE {
@@ -299,13 +330,12 @@ impl Connection {
             // are never starved; one that holds buffers waits while a read could take all
             // buffers past the budget, until its output drains or the total falls.
             let held = self.buffered_capacity();
-            if held > 0 && turn.others_buffered + held + turn.read_buffer.len() > turn.buffer_budget
-            {
+            if held > 0 && turn.others_buffered + held + answer_reach > turn.buffer_budget {
                 self.budget_paused = true;
                 return Ok(ReadOutcome::OverBudget);
             }
             self.budget_paused = false;
-            let received = match self.socket.read(turn.read_buffer) {
+            let received = match self.socket.read(buffer) {
                 Ok(0) => {
                     self.read_closed = true;
                     if !self.write_shut {
@@ -326,7 +356,7 @@ impl Connection {
             };
             turn.traffic.bytes_received += received as u64;
             let start = if self.awaiting_header.is_some() {
-                match self.take_header(received, turn)? {
+                match self.take_header(&buffer[..received], turn)? {
                     Some(start) => start,
                     // More of the header is to come: nothing to answer yet.
                     None => received,
@@ -334,22 +364,36 @@ impl Connection {
             } else {
                 0
             };
-            if !self.write_shut && start < received {
+            let arrived = &buffer[start..received];
+            if !arrived.is_empty() && !self.first_bytes_seen {
+                self.first_bytes_seen = true;
+                if self.telnet.is_none() && telnet::opens_negotiation(arrived) {
+                    log::info!(
+                        "{}: this looks like a telnet client (it opened with telnet \
+                         negotiation); its bytes are echoed as they are, and --telnet would \
+                         serve it as telnet",
+                        self.peer
+                    );
+                }
+            }
+            if !self.write_shut && self.awaiting_header.is_none() {
                 if self.telnet.is_some() {
-                    self.answer_telnet(start, received, turn)?;
-                } else {
-                    self.answer(start, received, turn)?;
+                    // Called even with nothing arrived, when the header has just ended:
+                    // the offers owed go out then.
+                    self.answer_telnet(arrived, turn)?;
+                } else if !arrived.is_empty() {
+                    self.answer(arrived, turn, Delivery::Socket)?;
                 }
             }
             // Pausing one read early keeps unsent echo output within the high-water mark
             // itself, since the next read could add up to a buffer's worth.
-            if self.pending_output() + turn.read_buffer.len() > turn.output_high_water {
+            if self.pending_output() + answer_reach > turn.output_high_water {
                 self.read_paused = true;
                 return Ok(ReadOutcome::Stopped);
             }
             // A read shorter than the buffer emptied the socket: asking again would only
             // return WouldBlock, and the next byte to arrive brings a fresh edge.
-            if received < turn.read_buffer.len() && !until_would_block {
+            if received < buffer.len() && !until_would_block {
                 self.read_drained = true;
                 return Ok(ReadOutcome::Drained);
             }
@@ -406,19 +450,15 @@ impl Connection {
         Ok(())
     }
 
-    /// Takes the PROXY header from what arrived (`received` bytes of the read buffer, after
-    /// what arrived before). Once it is complete, the connection is the client's from then
-    /// on, and the returned offset is where the client's own bytes start in the read buffer.
-    fn take_header(
-        &mut self,
-        received: usize,
-        turn: &mut Turn<'_>,
-    ) -> Result<Option<usize>, Fault> {
+    /// Takes the PROXY header from what arrived, after what arrived before. Once it is
+    /// complete, the connection is the client's from then on, and the returned offset is
+    /// where the client's own bytes start in `arrived`.
+    fn take_header(&mut self, arrived: &[u8], turn: &mut Turn<'_>) -> Result<Option<usize>, Fault> {
+        let received = arrived.len();
         let Some(awaiting) = self.awaiting_header.as_mut() else {
             return Ok(Some(0));
         };
         let before = awaiting.bytes.len();
-        let arrived = &turn.read_buffer[..received];
         let parsed = if before == 0 {
             proxy::parse(arrived)
         } else {
@@ -468,105 +508,67 @@ impl Connection {
         }
     }
 
-    /// Decodes bytes `start..end` of the read buffer as telnet, then acts on what they hold
-    /// in order: data is framed and echoed, replies sent, the unfinished line edited.
-    fn answer_telnet(
-        &mut self,
-        start: usize,
-        end: usize,
-        turn: &mut Turn<'_>,
-    ) -> Result<(), Fault> {
-        let Some(layer) = self.telnet.as_deref_mut() else {
-            return self.answer(start, end, turn);
+    /// Decodes what arrived as telnet and acts on each piece in order: data is framed and
+    /// echoed, replies answered, the unfinished line edited. Everything this produces goes
+    /// out in one write, however many commands the bytes held.
+    fn answer_telnet(&mut self, arrived: &[u8], turn: &mut Turn<'_>) -> Result<(), Fault> {
+        let Some(mut layer) = self.telnet.take() else {
+            return self.answer(arrived, turn, Delivery::Socket);
         };
-        layer.pieces.clear();
-        layer.replies.clear();
-        let TelnetLayer {
-            decoder,
-            pieces,
-            replies,
-        } = layer;
-        let decoded = decoder.decode::<std::convert::Infallible>(
-            &turn.read_buffer[start..end],
-            &mut |piece| {
-                pieces.push(match piece {
-                    Piece::Data(range) => TelnetPiece::Data(start + range.start..start + range.end),
-                    Piece::Reply(bytes) => {
-                        replies.extend_from_slice(bytes);
-                        TelnetPiece::Reply(replies.len() - bytes.len()..replies.len())
-                    }
-                    Piece::DiscardLine | Piece::EraseLine => TelnetPiece::DiscardLine,
-                    Piece::EraseCharacter => TelnetPiece::EraseCharacter,
-                });
-                Ok(())
-            },
-        );
-        // Acting on a piece needs the whole connection: the lists step out meanwhile.
-        let pieces = std::mem::take(pieces);
-        let replies = std::mem::take(replies);
-        let mut result = match decoded {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(telnet::SubnegotiationTooLong)) => Err(Fault::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "telnet sub-negotiation longer than {} bytes",
-                    telnet::MAX_SUBNEGOTIATION_BYTES
-                ),
-            ))),
-            Err(never) => match never {},
-        };
-        for piece in &pieces {
-            if result.is_err() {
-                break;
-            }
-            result = match piece {
-                TelnetPiece::Data(range) => self.answer(range.start, range.end, turn),
-                TelnetPiece::Reply(range) => self
-                    .output
-                    .send(&mut self.socket, &replies[range.clone()])
-                    .map(|sent| turn.traffic.bytes_sent += sent as u64)
-                    .map_err(Fault::Io),
-                TelnetPiece::DiscardLine => {
+        turn.telnet_output.clear();
+        if std::mem::take(&mut layer.offers_owed) {
+            turn.telnet_output.extend_from_slice(telnet::OFFERS);
+        }
+        let decoded = layer.decoder.decode::<Fault>(arrived, &mut |piece| {
+            match piece {
+                Piece::Data(range) => self.answer(&arrived[range], turn, Delivery::Gathered)?,
+                Piece::LineEnd => self.answer(telnet::LINE_END, turn, Delivery::Gathered)?,
+                Piece::Reply(bytes) => turn.telnet_output.extend_from_slice(bytes),
+                Piece::DiscardLine | Piece::EraseLine => {
                     self.partial = Vec::new();
-                    Ok(())
+                    self.in_long_line = false;
                 }
-                TelnetPiece::EraseCharacter => {
-                    self.partial.pop();
-                    Ok(())
-                }
-            };
+                Piece::EraseCharacter => erase_character(&mut self.partial),
+            }
+            Ok(())
+        });
+        self.telnet = Some(layer);
+        decoded?;
+        if !turn.telnet_output.is_empty() {
+            turn.traffic.bytes_sent +=
+                self.output.send(&mut self.socket, turn.telnet_output)? as u64;
         }
-        if let Some(layer) = self.telnet.as_deref_mut() {
-            (layer.pieces, layer.replies) = (pieces, replies);
-        }
-        result
+        Ok(())
     }
 
-    /// Frames bytes `start..end` of the shared read buffer and sends each answer.
-    fn answer(&mut self, start: usize, end: usize, turn: &mut Turn<'_>) -> Result<(), Fault> {
+    /// Frames `data` after the unfinished line and answers each run of complete lines.
+    fn answer(
+        &mut self,
+        data: &[u8],
+        turn: &mut Turn<'_>,
+        delivery: Delivery,
+    ) -> Result<(), Fault> {
         let max_line_bytes = turn.max_line_bytes;
         let long_lines_before = turn.traffic.long_lines;
-        // With telnet, every 0xFF of an echo goes out doubled (IAC IAC).
-        let escapes_iac = self.telnet.is_some();
+        let gathers = delivery == Delivery::Gathered;
         let (socket, output, in_long_line) =
             (&mut self.socket, &mut self.output, &mut self.in_long_line);
-        let result = line::frame(
-            &mut self.partial,
-            &turn.read_buffer[start..end],
-            max_line_bytes,
-            &mut |piece| {
-                // Runs of complete lines end in a newline; only a cut piece of a long line
-                // does not, and the first such piece of a line marks a new long line.
-                let cut = !piece.ends_with(b"\n");
-                if cut && !*in_long_line {
-                    turn.traffic.long_lines += 1;
-                }
-                *in_long_line = cut;
-                let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
-                turn.traffic.bytes_sent += output.send_answer(socket, answer, escapes_iac)? as u64;
-                Ok(())
-            },
-        );
+        let result = line::frame(&mut self.partial, data, max_line_bytes, &mut |piece| {
+            // Runs of complete lines end in a newline; only a cut piece of a long line
+            // does not, and the first such piece of a line marks a new long line.
+            let cut = !piece.ends_with(b"\n");
+            if cut && !*in_long_line {
+                turn.traffic.long_lines += 1;
+            }
+            *in_long_line = cut;
+            let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+            if gathers {
+                telnet::escape_into(answer, turn.telnet_output);
+            } else {
+                turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
+            }
+            Ok(())
+        });
         if turn.traffic.long_lines > long_lines_before && !self.long_line_logged {
             self.long_line_logged = true;
             log::debug!(
@@ -583,9 +585,39 @@ impl Connection {
         let (socket, output) = (&mut self.socket, &mut self.output);
         line::finish(&mut self.partial, &mut |piece| {
             let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
-            turn.traffic.bytes_sent += output.send_answer(socket, answer, escapes_iac)? as u64;
+            let sent = if escapes_iac {
+                turn.telnet_output.clear();
+                telnet::escape_into(answer, turn.telnet_output);
+                output.send(socket, turn.telnet_output)?
+            } else {
+                output.send(socket, answer)?
+            };
+            turn.traffic.bytes_sent += sent as u64;
             Ok(())
         })
+    }
+}
+
+/// Where a connection's answers go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// To the socket, each as it is made.
+    Socket,
+    /// Escaped as telnet data into the turn's telnet output, to go out in one write.
+    Gathered,
+}
+
+/// Telnet's Erase Character: the last character of the unfinished line goes, all of its
+/// bytes when it is UTF-8.
+fn erase_character(partial: &mut Vec<u8>) {
+    while let Some(byte) = partial.pop() {
+        // A UTF-8 continuation byte (10xxxxxx) is part of the character before it.
+        if byte & 0b1100_0000 != 0b1000_0000 {
+            break;
+        }
+    }
+    if partial.is_empty() {
+        *partial = Vec::new();
     }
 }
 
@@ -640,22 +672,6 @@ impl OutputBuffer {
             self.bytes.extend_from_slice(&answer[sent..]);
         }
         Ok(sent)
-    }
-
-    /// Sends a handler's answer as [`OutputBuffer::send`] does, with every 0xFF doubled
-    /// first when the connection speaks telnet (copied only if it holds one).
-    fn send_answer(
-        &mut self,
-        socket: &mut TcpStream,
-        answer: &[u8],
-        escapes_iac: bool,
-    ) -> io::Result<usize> {
-        if !escapes_iac {
-            return self.send(socket, answer);
-        }
-        let mut escaped = Vec::new();
-        let answer = telnet::escape(answer, &mut escaped);
-        self.send(socket, answer)
     }
 
     /// Sends what is queued, as far as the socket takes it and at most `limit` bytes;

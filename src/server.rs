@@ -52,6 +52,9 @@ pub struct Server {
     read_buffer: Box<[u8]>,
     /// Where handlers write answers that are not their input; kept to avoid reallocating.
     scratch: Vec<u8>,
+    /// With `--telnet`, where one read's echoes and replies are gathered to go out in one
+    /// write: one buffer for all connections, so that none of them keeps one.
+    telnet_output: Vec<u8>,
     /// Bytes and long lines, counted by the connections as they go.
     traffic: Traffic,
     /// How long turns of the loop take.
@@ -131,6 +134,7 @@ impl Server {
             handler,
             read_buffer: vec![0; config.read_buffer_bytes].into_boxed_slice(),
             scratch: Vec::new(),
+            telnet_output: Vec::new(),
             traffic: Traffic::default(),
             turns: TurnTimes::default(),
             metrics,
@@ -388,6 +392,7 @@ impl Server {
         let mut turn = Turn {
             read_buffer: &mut self.read_buffer,
             scratch: &mut self.scratch,
+            telnet_output: &mut self.telnet_output,
             handler: &mut *self.handler,
             max_line_bytes: self.config.max_line_bytes,
             output_high_water: self.config.output_high_water,

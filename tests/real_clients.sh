@@ -125,10 +125,10 @@ EXPECT
     return "$ok"
 }
 
-# --telnet: a stock client in its default mode. The server offers BINARY, so 8-bit text
-# such as UTF-8 comes back as typed; Ctrl-C (IAC IP, IAC DO TIMING-MARK) is answered, so the
-# next line is echoed; Are You There gets an answer. In BINARY mode the client writes the
-# echoed lines to a terminal it has set up for raw output: lines end in \r*\n there.
+# --telnet: a stock client in its default mode. The server asks the client for BINARY, so
+# 8-bit text such as UTF-8 comes back as typed; Ctrl-C (IAC IP, IAC DO TIMING-MARK) is
+# answered, so the next line is echoed; Are You There gets an answer. Every echo ends in CR
+# LF. (tests/telnet_screens.sh checks what the screen shows.)
 telnet_mode() {
     local telnet_port=$((port + 2)) telnet_log
     telnet_log="$(mktemp)"
@@ -141,19 +141,19 @@ set timeout 10
 spawn telnet 127.0.0.1 [lindex $argv 0]
 expect "Escape character is" {} timeout { puts "telnet did not connect"; exit 1 }
 send "plain first\r"
-expect -re "plain first\r*\n.*plain first\r*\n" {} timeout { puts "no echo of a plain line"; exit 1 }
+expect -re "plain first\r\n.*plain first\r\n" {} timeout { puts "no echo of a plain line"; exit 1 }
 send "héllo wörld ✓\r"
-expect -re "héllo wörld ✓\r*\n.*héllo wörld ✓\r*\n" {} timeout { puts "UTF-8 not echoed as typed"; exit 1 }
+expect -re "héllo wörld ✓\r\n.*héllo wörld ✓\r\n" {} timeout { puts "UTF-8 not echoed as typed"; exit 1 }
 send "half a line then Ctrl-C"
 send "\003"
 send "after ctrl-c\r"
-expect -re "after ctrl-c\r*\n.*after ctrl-c\r*\n" {} timeout { puts "no echo after Ctrl-C"; exit 1 }
+expect -re "after ctrl-c\r\n.*after ctrl-c\r\n" {} timeout { puts "no echo after Ctrl-C"; exit 1 }
 send "\035"
 expect "telnet>"
 send "send ayt\r"
 expect "kv_server: yes" {} timeout { puts "no answer to Are You There"; exit 1 }
 send "back again\r"
-expect -re "back again\r*\n.*back again\r*\n" {} timeout { puts "no echo after AYT"; exit 1 }
+expect -re "back again\r\n.*back again\r\n" {} timeout { puts "no echo after AYT"; exit 1 }
 send "\035"
 expect "telnet>"
 send "quit\r"
