@@ -30,10 +30,10 @@ start() { # name
     case "$1" in
         # shellcheck disable=SC2086 # the extra arguments are meant to split into words
         kv) taskset -c 0 ./target/release/kv_server --bind 127.0.0.1 --port "$port" \
-                --log-level error --metrics "127.0.0.1:$metrics_port" $kv_args & ;;
+                --log-level error --metrics "127.0.0.1:$metrics_port" $kv_args $server_args & ;;
         # shellcheck disable=SC2086
         kv_before) taskset -c 0 "$against" --bind 127.0.0.1 --port "$port" \
-                --log-level error --metrics "127.0.0.1:$metrics_port" $before_args & ;;
+                --log-level error --metrics "127.0.0.1:$metrics_port" $before_args $server_args & ;;
         raw) taskset -c 0 "$baseline" raw "$port" 2>/dev/null & ;;
         line) taskset -c 0 "$baseline" line "$port" 2>/dev/null & ;;
     esac
@@ -74,11 +74,15 @@ scenario() { # name servers kv_crowd-args...
     done
 }
 
-# Scenario names (for --only): lines no-newlines storm scrapers
+# Options a scenario needs every kv_server to run with.
+server_args=""
+
+# Scenario names (for --only): lines no-newlines storm scrapers telnet
 scenario lines "kv kv_before raw line" --scenario crowd
 scenario no-newlines "kv kv_before raw line" --scenario crowd --no-newlines
 scenario storm "kv kv_before raw line" --scenario storm
 scenario scrapers "kv kv_before" --scenario scrapers
+server_args="--telnet" scenario telnet "kv kv_before" --scenario telnet
 
 python3 - "$results" <<'SUMMARY'
 import re, sys

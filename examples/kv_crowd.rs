@@ -11,6 +11,9 @@
 //!   closing, from as many threads as `--storm-threads`.
 //! - `scrapers`: metrics scrapers (`--metrics ADDR`) pipelining requests and reading the
 //!   answers as fast as they come.
+//! - `telnet`: hostile telnet clients against a server run with `--telnet`, none of them
+//!   reading: `--flappers` write `DO BINARY`/`DONT BINARY` pairs 64 KiB at a time, `--ayts`
+//!   write Are You There as fast. The polite client speaks telnet too.
 //!
 //! Given the server's pid it reports the server's peak RSS. `benches/crowd.sh` runs it
 //! against kv_server and the tokio echoes side by side. An example, not an installed binary:
@@ -65,6 +68,12 @@ struct Args {
     /// scrapers: how many
     #[arg(long, default_value_t = 16)]
     scrapers: usize,
+    /// telnet: connections flapping BINARY
+    #[arg(long, default_value_t = 10)]
+    flappers: usize,
+    /// telnet: connections sending Are You There
+    #[arg(long, default_value_t = 50)]
+    ayts: usize,
     /// The server's pid: report its peak RSS
     #[arg(long)]
     server_pid: Option<u32>,
@@ -75,6 +84,7 @@ enum Scenario {
     Crowd,
     Storm,
     Scrapers,
+    Telnet,
 }
 
 /// How long read-back and connects may take before the run counts a failure.
@@ -112,7 +122,9 @@ fn run(args: &Args) -> io::Result<u64> {
                 .collect(),
             _ => Vec::new(),
         };
-        let polite = scope.spawn(|| polite_client(args.addr, &done));
+        let telnet = args.scenario == Scenario::Telnet;
+        let done_ref = &done;
+        let polite = scope.spawn(move || polite_client(args.addr, telnet, done_ref));
         let report = match args.scenario {
             Scenario::Crowd => {
                 push_all(&mut hogs, duration, duration);
@@ -163,6 +175,26 @@ fn run(args: &Args) -> io::Result<u64> {
                     done.store(true, Ordering::SeqCst);
                 });
                 format!("scrapes: {} answered", answered.into_inner())
+            }
+            Scenario::Telnet => {
+                let sent = AtomicU64::new(0);
+                let pair = [255, 253, 0, 255, 254, 0];
+                let ayt = [255, 246];
+                std::thread::scope(|hostile| {
+                    for n in 0..args.flappers + args.ayts {
+                        let command: &[u8] = if n < args.flappers { &pair } else { &ayt };
+                        let (sent, done) = (&sent, &done);
+                        hostile.spawn(move || hostile_telnet(args.addr, n, command, sent, done));
+                    }
+                    std::thread::sleep(duration);
+                    done.store(true, Ordering::SeqCst);
+                });
+                format!(
+                    "telnet: {} flappers and {} AYT senders wrote {} MB of commands",
+                    args.flappers,
+                    args.ayts,
+                    sent.into_inner() / 1_000_000
+                )
             }
         };
         let latencies = polite.join().expect("the polite client")?;
@@ -282,8 +314,9 @@ fn print_turns(metrics: SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
-/// Round trips of a 16-byte line until `done`: each one's latency.
-fn polite_client(addr: SocketAddr, done: &AtomicBool) -> io::Result<Vec<Duration>> {
+/// Round trips of a 16-byte line until `done`: each one's latency. As a telnet client it
+/// first takes the server's offer, and ends its lines with CR LF.
+fn polite_client(addr: SocketAddr, telnet: bool, done: &AtomicBool) -> io::Result<Vec<Duration>> {
     // The load shares this core: at nice -10 the polite thread runs as soon as its echo
     // arrives, so that its wait is the server's, not the load generator's (as root only).
     // SAFETY: setpriority on this thread's own id changes nothing else.
@@ -292,11 +325,26 @@ fn polite_client(addr: SocketAddr, done: &AtomicBool) -> io::Result<Vec<Duration
     }
     let mut stream = connect_from(source_address(60_000), addr, false);
     stream.set_read_timeout(Some(PATIENCE))?;
+    if telnet {
+        // The server's offers come first, whatever they are: a first line's echo comes
+        // after them.
+        stream.write_all(b"warm up\r\n")?;
+        let mut opening = Vec::new();
+        while !opening.ends_with(b"warm up\r\n") {
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte)?;
+            opening.push(byte[0]);
+        }
+    }
     let mut latencies = Vec::with_capacity(1 << 20);
     let mut back = [0u8; 16];
     let mut round = 0u64;
     while !done.load(Ordering::Relaxed) {
-        let line = format!("polite {:08}\n", round % 100_000_000);
+        let line = if telnet {
+            format!("polite {:07}\r\n", round % 10_000_000)
+        } else {
+            format!("polite {:08}\n", round % 100_000_000)
+        };
         let started = Instant::now();
         stream.write_all(line.as_bytes())?;
         stream.read_exact(&mut back)?;
@@ -318,6 +366,28 @@ fn polite_client(addr: SocketAddr, done: &AtomicBool) -> io::Result<Vec<Duration
         );
     }
     Ok(latencies)
+}
+
+/// Writes `command` over and over, 64 KiB at a time, never reading, until `done`.
+fn hostile_telnet(addr: SocketAddr, n: usize, command: &[u8], sent: &AtomicU64, done: &AtomicBool) {
+    let mut stream = connect_from(source_address(50_000 + n), addr, false);
+    // A short write time-out: once the server stops reading it, the thread still sees
+    // `done`.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let burst = command.repeat(64 * 1024 / command.len());
+    while !done.load(Ordering::Relaxed) {
+        match stream.write(&burst) {
+            Ok(n) => {
+                sent.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 fn tcp_info(stream: &TcpStream) -> Option<libc::tcp_info> {

@@ -86,7 +86,7 @@ pub struct Config {
     /// How long a connection may take to send its PROXY protocol header.
     pub proxy_header_timeout: Duration,
     /// Every connection speaks the telnet protocol: commands are taken out of its input,
-    /// options negotiated, 0xFF escaped in its echoes.
+    /// options negotiated, every line end echoed as CR LF, 0xFF escaped in its echoes.
     pub telnet: bool,
     /// Where to serve `GET /metrics` (Prometheus); `None` serves no metrics.
     pub metrics: Option<SocketAddr>,

@@ -533,7 +533,7 @@ impl Connection {
             Ok(())
         });
         self.telnet = Some(layer);
-        decoded?;
+        turn.traffic.telnet_commands += decoded? as u64;
         if !turn.telnet_output.is_empty() {
             turn.traffic.bytes_sent +=
                 self.output.send(&mut self.socket, turn.telnet_output)? as u64;

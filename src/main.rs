@@ -107,8 +107,8 @@ struct Cli {
     #[arg(long, help_heading = "Protocols")]
     proxy_protocol: bool,
 
-    /// Speak the telnet protocol, so that a stock telnet client works as a person expects:
-    /// Ctrl-C, 8-bit text such as UTF-8, Are You There
+    /// Speak the telnet protocol, so that PuTTY, Debian's and Ubuntu's telnet and BusyBox's
+    /// work as a person expects: lines at column 0, UTF-8, Ctrl-C, Are You There
     #[arg(long, help_heading = "Protocols")]
     telnet: bool,
 

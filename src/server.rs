@@ -23,7 +23,7 @@ use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
 use crate::handler::{Echo, LineHandler};
 use crate::metrics::endpoint::MetricsEndpoint;
 use crate::metrics::{CloseReason, Snapshot, Traffic, TurnTimes};
-use crate::schedule::Schedule;
+use crate::schedule::{self, Schedule};
 use crate::shutdown::{ServiceManager, Shutdown, ShutdownHandle, Stopped};
 use crate::table::{ConnectionTable, Ending, TurnParts};
 
@@ -374,7 +374,8 @@ impl Server {
 
     /// Handles readiness on one connection within its share of the turn, queues it for
     /// another turn if work is left, and drops it if it finished or failed. A panic anywhere
-    /// in here ends this connection alone. Returns the bytes it moved, read and written.
+    /// in here ends this connection alone. Returns the work it did, as the schedule counts it:
+    /// bytes read and written, and telnet commands decoded.
     fn serve(&mut self, key: usize, readiness: Readiness, now: Instant) -> usize {
         let Some(TurnParts {
             connection,
@@ -388,7 +389,7 @@ impl Server {
         else {
             return 0; // A stale event for a connection closed earlier in this turn.
         };
-        let moved_before = self.traffic.bytes_received + self.traffic.bytes_sent;
+        let work_before = schedule::work_done(&self.traffic);
         let mut turn = Turn {
             read_buffer: &mut self.read_buffer,
             scratch: &mut self.scratch,
@@ -441,7 +442,7 @@ impl Server {
         }
         self.connections
             .enforce_budget(registry, key, room_wanted, now);
-        (self.traffic.bytes_received + self.traffic.bytes_sent - moved_before) as usize
+        (schedule::work_done(&self.traffic) - work_before) as usize
     }
 
     /// Answers a metrics scraper from a snapshot taken when its request is complete.

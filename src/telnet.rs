@@ -129,13 +129,15 @@ impl Telnet {
     }
 
     /// Decodes `input`, continuing from where the last call stopped, handing each piece to
-    /// `on` in order. Are You There is answered once per input, however often it is asked
-    /// in it. An error from `on`, or a sub-negotiation too long, stops decoding.
+    /// `on` in order; returns how many commands (IAC sequences) it held, the measure of
+    /// the work beyond the bytes. Are You There is answered once per input, however often
+    /// it is asked in it. An error from `on`, or a sub-negotiation too long, stops decoding.
     pub fn decode<E: From<SubnegotiationTooLong>>(
         &mut self,
         input: &[u8],
         on: &mut impl FnMut(Piece<'_>) -> Result<(), E>,
-    ) -> Result<(), E> {
+    ) -> Result<usize, E> {
+        let mut commands = 0;
         let mut answered_ayt = false;
         let mut data_start = 0;
         let mut at = 0;
@@ -147,11 +149,14 @@ impl Telnet {
                         data_start = at;
                         continue;
                     }
-                    // Plain data runs up to the next byte that means something.
-                    let Some(found) = memchr::memchr3(IAC, CR, LF, &input[at..]) else {
-                        break;
-                    };
-                    at += found;
+                    // Plain data runs up to the next byte that means something; in a run
+                    // of commands that is the very next byte, found without a search.
+                    if input[at] != IAC {
+                        let Some(found) = memchr::memchr3(IAC, CR, LF, &input[at..]) else {
+                            break;
+                        };
+                        at += found;
+                    }
                     if input[at] == CR && input.get(at + 1) == Some(&LF) {
                         at += 2;
                         continue;
@@ -160,7 +165,10 @@ impl Telnet {
                         on(Piece::Data(data_start..at))?;
                     }
                     match input[at] {
-                        IAC => self.state = State::Iac,
+                        IAC => {
+                            commands += 1;
+                            self.state = State::Iac;
+                        }
                         byte => {
                             on(Piece::LineEnd)?;
                             self.after_cr = byte == CR;
@@ -229,7 +237,7 @@ impl Telnet {
         if self.state == State::Data && data_start < input.len() {
             on(Piece::Data(data_start..input.len()))?;
         }
-        Ok(())
+        Ok(commands)
     }
 
     /// Answers one negotiation (RFC 1143): at most one reply, and only for a change.

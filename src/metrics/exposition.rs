@@ -164,6 +164,11 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
         "Lines longer than --max-line-bytes, echoed in pieces.",
         &[(None, traffic.long_lines as f64)],
     );
+    e.counter(
+        "kv_server_telnet_commands",
+        "Telnet commands and negotiations taken out of clients' input (with --telnet).",
+        &[(None, traffic.telnet_commands as f64)],
+    );
     let buffers = &snapshot.buffers;
     e.gauge(
         "kv_server_reads_paused",
@@ -248,6 +253,7 @@ mod tests {
                 bytes_received: 10,
                 bytes_sent: 10,
                 long_lines: 0,
+                telnet_commands: 0,
             },
             buffers: BufferGauges::default(),
             turns: {

@@ -106,6 +106,8 @@ pub(crate) struct Traffic {
     pub bytes_sent: u64,
     /// Lines cut into pieces by the line limit (one per line, however many pieces).
     pub long_lines: u64,
+    /// Telnet commands and negotiations taken out of clients' input.
+    pub telnet_commands: u64,
 }
 
 /// Connections let in, and how often accepting paused; counted by the acceptor.
