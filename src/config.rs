@@ -30,6 +30,10 @@ pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 /// Silence on a connection after which TCP keepalive probes begin (Redis: `tcp-keepalive
 /// 300`); a peer that answers none of three is gone.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(300);
+/// With `--udp`: datagrams a second answered per source address. Plenty for a person or a
+/// latency probe; a forged source cannot turn the server into a flood toward anyone. Load
+/// tests from one address raise it, or turn it off with 0.
+pub const DEFAULT_UDP_RATE_PER_SOURCE: u32 = 1000;
 /// How long the least recently active connection must have been idle before a new client,
 /// arriving when the connection limit is reached, takes its place.
 pub const DEFAULT_EVICT_IDLE_AFTER: Duration = Duration::from_secs(60);
@@ -88,6 +92,11 @@ pub struct Config {
     /// Every connection speaks the telnet protocol: commands are taken out of its input,
     /// options negotiated, every line end echoed as CR LF, 0xFF escaped in its echoes.
     pub telnet: bool,
+    /// Also echo datagrams (RFC 862) on the same address and port, UDP.
+    pub udp: bool,
+    /// With `udp`: datagrams a second answered per source address (and bursts of as many);
+    /// 0 answers every one.
+    pub udp_rate_per_source: u32,
     /// Where to serve `GET /metrics` (Prometheus); `None` serves no metrics.
     pub metrics: Option<SocketAddr>,
     /// How long a metrics scraper may take to send a request or to take its answer.
@@ -115,6 +124,8 @@ impl Default for Config {
             proxy_protocol: false,
             proxy_from: Vec::new(),
             telnet: false,
+            udp: false,
+            udp_rate_per_source: DEFAULT_UDP_RATE_PER_SOURCE,
             proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
             metrics: None,
             metrics_timeout: DEFAULT_METRICS_TIMEOUT,

@@ -33,6 +33,7 @@ mod server;
 mod shutdown;
 mod table;
 mod telnet;
+mod udp;
 mod warning;
 
 pub use accept::listener_from_service_manager;

@@ -112,6 +112,18 @@ struct Cli {
     #[arg(long, help_heading = "Protocols")]
     telnet: bool,
 
+    /// Also echo datagrams (RFC 862) on the same address and port, UDP: each back to its
+    /// sender whole. Never answered: source port 0, 7, 13, 19 or 37 (loops with other
+    /// echo-like services), sources refused by --allow/--deny, and sources over
+    /// --udp-rate-per-source
+    #[arg(long, help_heading = "Protocols")]
+    udp: bool,
+
+    /// With --udp: datagrams a second answered per source address, in bursts of up to as
+    /// many; the rest are dropped and counted, never queued. 0 answers every one
+    #[arg(long, help_heading = "Protocols", value_name = "N", default_value_t = config::DEFAULT_UDP_RATE_PER_SOURCE)]
+    udp_rate_per_source: u32,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or a port alone for all
     /// addresses), from the same event loop
     #[arg(long, help_heading = "Observability", value_name = "ADDR", value_parser = parse_metrics_addr)]
@@ -215,6 +227,8 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         proxy_protocol: cli.proxy_protocol,
         proxy_from: cli.proxy_from,
         telnet: cli.telnet,
+        udp: cli.udp,
+        udp_rate_per_source: cli.udp_rate_per_source,
         max_line_bytes: cli.max_line_bytes,
         max_connections: cli.max_connections,
         max_connections_per_ip: (cli.max_connections_per_ip > 0)

@@ -49,7 +49,7 @@ pub(crate) const WRITE_SHARE: usize = 64 * 1024;
 pub(crate) const TURN_SHARE: usize = 1024 * 1024;
 /// What one service counts for beyond its bytes: two system calls and the bookkeeping
 /// around them, as much time as moving about 2 KiB.
-const SERVICE_COST: usize = 2 * 1024;
+pub(crate) const SERVICE_COST: usize = 2 * 1024;
 /// What one telnet command counts for: decoding one takes about 6 ns here, as long as
 /// moving some 20 bytes of echo. Counted in, a client sending nothing but commands (Are You
 /// There, say, which it need not read the answer of) gets its share of a turn in time, not

@@ -26,11 +26,13 @@ use crate::metrics::{CloseReason, Snapshot, Traffic, TurnTimes};
 use crate::schedule::{self, Schedule};
 use crate::shutdown::{ServiceManager, Shutdown, ShutdownHandle, Stopped};
 use crate::table::{ConnectionTable, Ending, TurnParts};
+use crate::udp::UdpEcho;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 const METRICS: Token = Token(usize::MAX - 4);
+const UDP: Token = Token(usize::MAX - 5);
 /// Keys the schedule remembers once every connection has gone; after a larger burst its
 /// memory is given back, as the connection table gives back its slab.
 const SCHEDULE_KEYS_KEPT: usize = 1024;
@@ -61,6 +63,8 @@ pub struct Server {
     turns: TurnTimes,
     /// The scrape endpoint, with `--metrics`.
     metrics: Option<MetricsEndpoint>,
+    /// The datagram echo, with `--udp`; its socket closes when shutdown begins.
+    udp: Option<UdpEcho>,
     started: std::time::SystemTime,
 }
 
@@ -124,6 +128,16 @@ impl Server {
             ),
             None => None,
         };
+        let udp = match config.udp {
+            // The same address and port as the listener, whose real port is known now.
+            true => Some(UdpEcho::bind(
+                acceptor.local_addr(),
+                &config,
+                poll.registry(),
+                UDP,
+            )?),
+            false => None,
+        };
         Ok(Server {
             poll,
             acceptor,
@@ -138,6 +152,7 @@ impl Server {
             traffic: Traffic::default(),
             turns: TurnTimes::default(),
             metrics,
+            udp,
             started: std::time::SystemTime::now(),
             config,
         })
@@ -151,6 +166,11 @@ impl Server {
     /// The address of the scrape endpoint, with its real port, when `--metrics` is on.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(MetricsEndpoint::local_addr)
+    }
+
+    /// The address datagrams are echoed on, with `--udp`.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.udp.as_ref().map(UdpEcho::local_addr)
     }
 
     /// The connection limit in force.
@@ -180,6 +200,9 @@ impl Server {
     pub fn run(mut self) -> io::Result<Stopped> {
         let port = self.local_addr().port();
         log::info!("Accepting connections on port {port}");
+        if let Some(addr) = self.udp_addr() {
+            log::info!("Echoing datagrams on UDP port {}", addr.port());
+        }
         self.shutdown.announce_ready(Instant::now(), port);
         let mut events = Events::with_capacity(1024);
         loop {
@@ -230,6 +253,7 @@ impl Server {
             LISTENER => self.accept(now),
             WAKER => {}
             SIGNALS => self.shutdown.take_signals(),
+            UDP => self.serve_datagrams(now),
             METRICS => {
                 if let Some(metrics) = self.metrics.as_mut() {
                     metrics.accept(self.poll.registry(), now);
@@ -274,6 +298,18 @@ impl Server {
         }
     }
 
+    /// Echoes the datagrams waiting, within a share of the turn. A failure of the socket
+    /// itself ends the datagram echo, never the loop.
+    fn serve_datagrams(&mut self, now: Instant) {
+        let Some(udp) = self.udp.as_mut() else {
+            return;
+        };
+        if let Err(e) = udp.serve_turn(now) {
+            log::error!("UDP socket failed: {e}; no longer echoing datagrams");
+            udp.close(self.poll.registry());
+        }
+    }
+
     /// The work of a turn that no event announces, as Redis's `beforesleep`: room for
     /// connections waiting on the buffer budget (they join the backlog), accepting after a
     /// pause or a spent share, idle expiry, and the shutdown. Returns how the loop ends,
@@ -287,6 +323,9 @@ impl Server {
         self.acceptor.resume_if_due(now);
         if self.acceptor.has_work() {
             self.accept(now);
+        }
+        if self.udp.as_ref().is_some_and(UdpEcho::has_work) {
+            self.serve_datagrams(now);
         }
         self.connections.expire_idle(self.poll.registry(), now);
         if self.connections.len() == 0 {
@@ -307,7 +346,8 @@ impl Server {
     /// is left over from the last turn.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         let scrapers_owed = self.metrics.as_ref().is_some_and(MetricsEndpoint::has_work);
-        if self.schedule.has_work() || self.acceptor.has_work() || scrapers_owed {
+        let datagrams_owed = self.udp.as_ref().is_some_and(UdpEcho::has_work);
+        if self.schedule.has_work() || self.acceptor.has_work() || scrapers_owed || datagrams_owed {
             return Some(Duration::ZERO);
         }
         [
@@ -472,18 +512,25 @@ impl Server {
         };
         let (acceptor, connections) = (&self.acceptor, &self.connections);
         let (traffic, turns, started) = (self.traffic, self.turns, self.started);
-        let mut snapshot = || take_snapshot(acceptor, connections, traffic, turns, started);
+        let udp = self.udp.as_ref().map(UdpEcho::counts);
+        let mut snapshot = || {
+            let mut snapshot = take_snapshot(acceptor, connections, traffic, turns, started);
+            snapshot.udp = udp;
+            snapshot
+        };
         serve(metrics, self.poll.registry(), &mut snapshot);
     }
 
     fn snapshot(&self) -> Snapshot {
-        take_snapshot(
+        let mut snapshot = take_snapshot(
             &self.acceptor,
             &self.connections,
             self.traffic,
             self.turns,
             self.started,
-        )
+        );
+        snapshot.udp = self.udp.as_ref().map(UdpEcho::counts);
+        snapshot
     }
 
     /// Stops accepting and starts draining every connection.
@@ -501,6 +548,10 @@ impl Server {
             }
         }
         self.acceptor.close(self.poll.registry());
+        // Datagrams have nothing to drain: the socket closes with the listener.
+        if let Some(udp) = self.udp.as_mut() {
+            udp.close(self.poll.registry());
+        }
         self.shutdown.begin(now, self.connections.len());
         for key in self.connections.keys() {
             if let Some(connection) = self.connections.get_mut(key) {
@@ -570,5 +621,6 @@ fn take_snapshot(
         buffers: connections.buffer_gauges(),
         turns,
         start_time,
+        udp: None,
     }
 }

@@ -164,6 +164,44 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
         "Lines longer than --max-line-bytes, echoed in pieces.",
         &[(None, traffic.long_lines as f64)],
     );
+    if let Some(udp) = &snapshot.udp {
+        e.counter(
+            "kv_server_udp_datagrams_received",
+            "Datagrams received (with --udp).",
+            &[(None, udp.received as f64)],
+        );
+        e.counter(
+            "kv_server_udp_datagrams_sent",
+            "Datagrams echoed (with --udp).",
+            &[(None, udp.sent as f64)],
+        );
+        e.counter(
+            "kv_server_udp_bytes_received",
+            "Datagram payload bytes received (with --udp).",
+            &[(None, udp.bytes_received as f64)],
+        );
+        e.counter(
+            "kv_server_udp_bytes_sent",
+            "Datagram payload bytes echoed (with --udp).",
+            &[(None, udp.bytes_sent as f64)],
+        );
+        let dropped: Vec<_> = crate::udp::Drop::ALL
+            .iter()
+            .map(|&reason| {
+                (
+                    Some(("reason", reason.label())),
+                    udp.dropped[reason as usize] as f64,
+                )
+            })
+            .collect();
+        e.counter(
+            "kv_server_udp_datagrams_dropped",
+            "Datagrams not answered, by reason: from port 0 or a built-in service's port \
+             (loop_port), over --udp-rate-per-source (rate_limit), refused by --allow/--deny \
+             (access_denied), no room in the send buffer (send_buffer_full), or a send error.",
+            &dropped,
+        );
+    }
     e.counter(
         "kv_server_telnet_commands",
         "Telnet commands and negotiations taken out of clients' input (with --telnet).",
@@ -264,6 +302,7 @@ mod tests {
                 turns
             },
             start_time: UNIX_EPOCH + std::time::Duration::from_millis(1_500),
+            udp: None,
         }
     }
 

@@ -110,6 +110,17 @@ pub(crate) struct Traffic {
     pub telnet_commands: u64,
 }
 
+/// Datagrams with `--udp`, counted by the datagram echo.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct UdpCounts {
+    pub received: u64,
+    pub sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Datagrams not answered, by [`crate::udp::Drop`] reason.
+    pub dropped: [u64; crate::udp::Drop::ALL.len()],
+}
+
 /// Connections let in, and how often accepting paused; counted by the acceptor.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct AcceptCounts {
@@ -161,6 +172,8 @@ pub(crate) struct Snapshot {
     pub buffers: BufferGauges,
     pub turns: TurnTimes,
     pub start_time: SystemTime,
+    /// With `--udp`.
+    pub udp: Option<UdpCounts>,
 }
 
 /// What the connections hold in their buffers, walked at scrape time so that requests pay
@@ -202,8 +215,18 @@ impl Snapshot {
         } else {
             endings.join(", ")
         };
+        let datagrams = match &self.udp {
+            Some(udp) => format!(
+                "; {} datagrams in, {} echoed, {} dropped",
+                udp.received,
+                udp.sent,
+                udp.dropped.iter().sum::<u64>()
+            ),
+            None => String::new(),
+        };
         format!(
-            "Served {} connections; {} bytes in, {} bytes out; {} long lines; ended: {endings}",
+            "Served {} connections; {} bytes in, {} bytes out; {} long lines; ended: \
+             {endings}{datagrams}",
             self.accepts.accepted,
             self.traffic.bytes_received,
             self.traffic.bytes_sent,

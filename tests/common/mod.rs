@@ -30,6 +30,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The scrape endpoint, when the config asked for one.
     pub metrics: Option<SocketAddr>,
+    /// Where datagrams are echoed, with `udp` in the config.
+    pub udp: Option<SocketAddr>,
     handle: ShutdownHandle,
     thread: Option<JoinHandle<std::io::Result<Stopped>>>,
 }
@@ -82,11 +84,13 @@ impl TestServer {
         let addr = server.local_addr();
         assert_ne!(addr.port(), 0, "the real port is known after bind");
         let metrics = server.metrics_addr();
+        let udp = server.udp_addr();
         let handle = server.shutdown_handle();
         let thread = thread::spawn(move || server.run());
         TestServer {
             addr,
             metrics,
+            udp,
             handle,
             thread: Some(thread),
         }

@@ -1,0 +1,356 @@
+//! Datagram echo (RFC 862) with `--udp`: each datagram goes back to its sender whole, from
+//! the same loop as the TCP connections and within a share of each turn like them.
+//!
+//! An echo that answers anyone is a reflector: a datagram with a forged source makes the
+//! server send to the forged address. So, as inetd's built-in echo does, datagrams from
+//! port 0 or from the ports of the classic built-in services (echo, daytime, chargen,
+//! time), which could be another echo server and start a loop between the two, are
+//! dropped; `--allow`/`--deny` apply to each datagram's source; and each source address
+//! has a rate (`--udp-rate-per-source`), over which its datagrams are dropped, never
+//! queued. Every drop is counted by reason. Nothing is ever queued for sending either: a
+//! datagram the socket's send buffer has no room for is dropped, as the network would.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::UdpSocket;
+use mio::{Interest, Registry, Token};
+
+use crate::access::AccessRules;
+use crate::config::Config;
+use crate::metrics::UdpCounts;
+use crate::schedule::{SERVICE_COST, TURN_SHARE};
+
+/// The largest UDP payload over IPv4; the receive buffer holds one whole.
+const MAX_DATAGRAM: usize = 65_507;
+/// Source ports never answered: 0 (no reply is possible), and echo, daytime, chargen and
+/// time, whose servers answer anything and would echo back and forth with this one.
+const LOOP_PORTS: [u16; 5] = [0, 7, 13, 19, 37];
+/// Most sources whose rate is tracked at once; beyond, sources share one rate.
+pub(crate) const MAX_TRACKED_SOURCES: usize = 16_384;
+
+/// Why a datagram was not answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drop {
+    /// From port 0 or a built-in service's port.
+    LoopPort,
+    /// Its source is over `--udp-rate-per-source`.
+    RateLimit,
+    /// `--allow`/`--deny` refuse its source.
+    AccessDenied,
+    /// The socket's send buffer was full.
+    SendBufferFull,
+    /// Sending failed otherwise.
+    SendError,
+}
+
+impl Drop {
+    pub const ALL: [Drop; 5] = [
+        Drop::LoopPort,
+        Drop::RateLimit,
+        Drop::AccessDenied,
+        Drop::SendBufferFull,
+        Drop::SendError,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Drop::LoopPort => "loop_port",
+            Drop::RateLimit => "rate_limit",
+            Drop::AccessDenied => "access_denied",
+            Drop::SendBufferFull => "send_buffer_full",
+            Drop::SendError => "send_error",
+        }
+    }
+}
+
+/// The UDP socket, and what decides which datagrams are answered.
+pub(crate) struct UdpEcho {
+    /// `None` once closed, at shutdown or after the socket failed; the counts stay.
+    socket: Option<UdpSocket>,
+    local_addr: SocketAddr,
+    buffer: Box<[u8]>,
+    rules: AccessRules,
+    rates: Option<SourceRates>,
+    /// The socket may hold datagrams no readiness edge will announce: the turn's share
+    /// ran out before it was empty.
+    more_waiting: bool,
+    counts: UdpCounts,
+}
+
+impl UdpEcho {
+    /// Binds `addr` for datagrams and registers the socket under `token`.
+    pub fn bind(
+        addr: SocketAddr,
+        config: &Config,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<UdpEcho> {
+        let socket = std::net::UdpSocket::bind(addr).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot receive datagrams on {addr}: {e}"))
+        })?;
+        UdpEcho::serve(socket, config, registry, token)
+    }
+
+    /// Serves a bound UDP socket handed over by the caller (a service manager's).
+    pub fn serve(
+        socket: std::net::UdpSocket,
+        config: &Config,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<UdpEcho> {
+        socket.set_nonblocking(true)?;
+        let mut socket = UdpSocket::from_std(socket);
+        let local_addr = socket.local_addr()?;
+        registry.register(&mut socket, token, Interest::READABLE)?;
+        Ok(UdpEcho {
+            socket: Some(socket),
+            local_addr,
+            buffer: vec![0; MAX_DATAGRAM + 1].into_boxed_slice(),
+            rules: AccessRules::new(config),
+            rates: (config.udp_rate_per_source > 0)
+                .then(|| SourceRates::new(config.udp_rate_per_source, MAX_TRACKED_SOURCES)),
+            more_waiting: false,
+            counts: UdpCounts::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Datagrams may be waiting with no edge to announce them.
+    pub fn has_work(&self) -> bool {
+        self.more_waiting && self.socket.is_some()
+    }
+
+    pub fn counts(&self) -> UdpCounts {
+        self.counts
+    }
+
+    /// Stops echoing: the socket is closed, the counts kept.
+    pub fn close(&mut self, registry: &Registry) {
+        if let Some(mut socket) = self.socket.take() {
+            let _ = registry.deregister(&mut socket);
+        }
+        self.more_waiting = false;
+    }
+
+    /// Answers what the socket holds, until it is empty or this turn's share is spent. An
+    /// error is the socket's own: the caller closes it.
+    pub fn serve_turn(&mut self, now: Instant) -> io::Result<()> {
+        self.more_waiting = false;
+        let Some(socket) = self.socket.as_ref() else {
+            return Ok(());
+        };
+        let mut spent = 0;
+        while spent < TURN_SHARE {
+            let (len, source) = match socket.recv_from(&mut self.buffer) {
+                Ok(received) => received,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // An ICMP error queued for an earlier send: it concerns that datagram only.
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            self.counts.received += 1;
+            self.counts.bytes_received += len as u64;
+            spent += len + SERVICE_COST;
+            if let Some(reason) = refusal(&self.rules, self.rates.as_mut(), source, now) {
+                self.counts.dropped[reason as usize] += 1;
+                continue;
+            }
+            match socket.send_to(&self.buffer[..len], source) {
+                Ok(sent) => {
+                    self.counts.sent += 1;
+                    self.counts.bytes_sent += sent as u64;
+                    spent += sent;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.counts.dropped[Drop::SendBufferFull as usize] += 1;
+                }
+                Err(_) => self.counts.dropped[Drop::SendError as usize] += 1,
+            }
+        }
+        self.more_waiting = true;
+        Ok(())
+    }
+}
+
+/// Why a datagram from `source` is not answered, if it is not.
+fn refusal(
+    rules: &AccessRules,
+    rates: Option<&mut SourceRates>,
+    source: SocketAddr,
+    now: Instant,
+) -> Option<Drop> {
+    if LOOP_PORTS.contains(&source.port()) {
+        return Some(Drop::LoopPort);
+    }
+    if !rules.admits(source.ip()) {
+        return Some(Drop::AccessDenied);
+    }
+    let over_rate = rates.is_some_and(|rates| !rates.admit(source.ip(), now));
+    over_rate.then_some(Drop::RateLimit)
+}
+
+/// Errors a receive reports for an earlier datagram's fate, not for the socket.
+fn is_transient(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(
+            libc::ECONNREFUSED
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+                | libc::EHOSTDOWN
+                | libc::ECONNRESET
+        )
+    )
+}
+
+/// A token bucket per source address: `rate` datagrams a second, and bursts of as many.
+/// The table is bounded: when it is full, sources idle long enough to have a full bucket
+/// (which is what a new entry would hold) are forgotten; if none is, new sources share one
+/// bucket until some are, so that forged sources can slow newcomers down but never make
+/// the server send more than the rate allows for each tracked source and once more for all
+/// the others together.
+pub(crate) struct SourceRates {
+    rate: u32,
+    capacity: usize,
+    buckets: HashMap<IpAddr, Bucket>,
+    overflow: Bucket,
+    /// When a full table was last searched for idle sources: at most once a second.
+    last_sweep: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+impl Bucket {
+    fn full(rate: u32, now: Instant) -> Bucket {
+        Bucket {
+            tokens: f64::from(rate),
+            updated: now,
+        }
+    }
+
+    fn refill(&mut self, rate: u32, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(rate));
+        self.updated = now;
+    }
+
+    fn take(&mut self, rate: u32, now: Instant) -> bool {
+        self.refill(rate, now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Idle long enough that its bucket is full again.
+    fn is_refilled(&self, rate: u32, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens + elapsed * f64::from(rate) >= f64::from(rate)
+    }
+}
+
+impl SourceRates {
+    pub fn new(rate: u32, capacity: usize) -> SourceRates {
+        let now = Instant::now();
+        SourceRates {
+            rate,
+            capacity,
+            buckets: HashMap::new(),
+            overflow: Bucket::full(rate, now),
+            last_sweep: None,
+        }
+    }
+
+    /// Whether one more datagram from `source` is within its rate; takes it if so.
+    pub fn admit(&mut self, source: IpAddr, now: Instant) -> bool {
+        let rate = self.rate;
+        if let Some(bucket) = self.buckets.get_mut(&source) {
+            return bucket.take(rate, now);
+        }
+        if self.buckets.len() >= self.capacity {
+            self.sweep(now);
+        }
+        if self.buckets.len() >= self.capacity {
+            return self.overflow.take(rate, now);
+        }
+        let mut bucket = Bucket::full(rate, now);
+        let admitted = bucket.take(rate, now);
+        self.buckets.insert(source, bucket);
+        admitted
+    }
+
+    /// Forgets sources whose buckets are full again, at most once a second.
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_some_and(|last| now.saturating_duration_since(last) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        let rate = self.rate;
+        self.buckets
+            .retain(|_, bucket| !bucket.is_refilled(rate, now));
+        if self.buckets.is_empty() {
+            self.buckets.shrink_to_fit();
+        }
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.buckets.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
+    }
+
+    #[test]
+    fn a_source_gets_its_rate_in_bursts_and_over_time() {
+        let start = Instant::now();
+        let mut rates = SourceRates::new(10, 100);
+        let admitted = (0..25).filter(|_| rates.admit(ip(1), start)).count();
+        assert_eq!(admitted, 10, "a burst of one second's worth");
+        // Others are not slowed by it.
+        assert!(rates.admit(ip(2), start));
+        // Half a second later, five more.
+        let later = start + Duration::from_millis(500);
+        let admitted = (0..25).filter(|_| rates.admit(ip(1), later)).count();
+        assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn a_full_table_forgets_refilled_sources_and_shares_one_rate_otherwise() {
+        let start = Instant::now();
+        let mut rates = SourceRates::new(10, 4);
+        for n in 0..4 {
+            assert!(rates.admit(ip(n), start));
+        }
+        // Full of sources that are not refilled: newcomers share the overflow bucket.
+        let admitted = (100..120).filter(|&n| rates.admit(ip(n), start)).count();
+        assert_eq!(admitted, 10);
+        assert_eq!(rates.tracked(), 4);
+        // A second later all are refilled: the table makes room.
+        let later = start + Duration::from_secs(2);
+        assert!(rates.admit(ip(200), later));
+        assert_eq!(rates.tracked(), 1);
+    }
+}
