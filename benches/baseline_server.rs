@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench --bench baseline_server -- raw 4041
 //! cargo bench --bench baseline_server -- line 4042
+//! cargo bench --bench baseline_server -- udp 4043
 //! ```
 //!
 //! A plain `cargo bench` runs every bench target; without a mode this one returns at once.
@@ -22,9 +23,10 @@ fn main() {
     let baseline = match args.first().map(String::as_str) {
         Some("raw") => Baseline::Raw,
         Some("line") => Baseline::Line,
+        Some("udp") => Baseline::Udp,
         None => return,
         Some(other) => {
-            eprintln!("baseline_server: unknown mode '{other}': expected raw or line");
+            eprintln!("baseline_server: unknown mode '{other}': expected raw, line or udp");
             std::process::exit(2);
         }
     };

@@ -9,10 +9,16 @@
 //! has a rate (`--udp-rate-per-source`), over which its datagrams are dropped, never
 //! queued. Every drop is counted by reason. Nothing is ever queued for sending either: a
 //! datagram the socket's send buffer has no room for is dropped, as the network would.
+//!
+//! Datagrams are taken in batches with `recvmmsg` and their echoes sent with `sendmmsg`:
+//! two system calls for up to [`BATCH`] datagrams, where one at a time takes two for each
+//! (measured in the README). Each slot of the batch holds the largest datagram; the slots'
+//! pages are touched only as far as datagrams fill them.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
@@ -23,8 +29,11 @@ use crate::config::Config;
 use crate::metrics::UdpCounts;
 use crate::schedule::{SERVICE_COST, TURN_SHARE};
 
-/// The largest UDP payload over IPv4; the receive buffer holds one whole.
-const MAX_DATAGRAM: usize = 65_507;
+/// Datagrams taken and answered per pair of system calls.
+pub(crate) const BATCH: usize = 32;
+/// One slot of the batch: more than the largest UDP payload (65,507 bytes over IPv4, 65,527
+/// over IPv6), so that no datagram is ever cut.
+const SLOT: usize = 65_536;
 /// Source ports never answered: 0 (no reply is possible), and echo, daytime, chargen and
 /// time, whose servers answer anything and would echo back and forth with this one.
 const LOOP_PORTS: [u16; 5] = [0, 7, 13, 19, 37];
@@ -71,7 +80,9 @@ pub(crate) struct UdpEcho {
     /// `None` once closed, at shutdown or after the socket failed; the counts stay.
     socket: Option<UdpSocket>,
     local_addr: SocketAddr,
-    buffer: Box<[u8]>,
+    /// [`BATCH`] slots of [`SLOT`] bytes, and each one's sender.
+    slots: Box<[u8]>,
+    senders: Box<[libc::sockaddr_storage]>,
     rules: AccessRules,
     rates: Option<SourceRates>,
     /// The socket may hold datagrams no readiness edge will announce: the turn's share
@@ -108,7 +119,11 @@ impl UdpEcho {
         Ok(UdpEcho {
             socket: Some(socket),
             local_addr,
-            buffer: vec![0; MAX_DATAGRAM + 1].into_boxed_slice(),
+            // Zeroed, so allocated untouched: only the pages datagrams fill become resident.
+            slots: vec![0; BATCH * SLOT].into_boxed_slice(),
+            // SAFETY: sockaddr_storage is plain data, valid all zero.
+            senders: vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; BATCH]
+                .into_boxed_slice(),
             rules: AccessRules::new(config),
             rates: (config.udp_rate_per_source > 0)
                 .then(|| SourceRates::new(config.udp_rate_per_source, MAX_TRACKED_SOURCES)),
@@ -145,9 +160,10 @@ impl UdpEcho {
         let Some(socket) = self.socket.as_ref() else {
             return Ok(());
         };
+        let fd = socket.as_raw_fd();
         let mut spent = 0;
         while spent < TURN_SHARE {
-            let (len, source) = match socket.recv_from(&mut self.buffer) {
+            let received = match receive_batch(fd, &mut self.slots, &mut self.senders) {
                 Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -155,27 +171,183 @@ impl UdpEcho {
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => return Err(e),
             };
-            self.counts.received += 1;
-            self.counts.bytes_received += len as u64;
-            spent += len + SERVICE_COST;
-            if let Some(reason) = refusal(&self.rules, self.rates.as_mut(), source, now) {
-                self.counts.dropped[reason as usize] += 1;
-                continue;
+            let mut answers = [(0usize, 0usize); BATCH];
+            let mut kept = 0;
+            for (slot, &(len, name_len)) in received.iter().enumerate() {
+                self.counts.received += 1;
+                self.counts.bytes_received += len as u64;
+                spent += 2 * len + SERVICE_COST;
+                let Some(source) = socket_addr(&self.senders[slot], name_len) else {
+                    continue;
+                };
+                match refusal(&self.rules, self.rates.as_mut(), source, now) {
+                    Some(reason) => self.counts.dropped[reason as usize] += 1,
+                    None => {
+                        answers[kept] = (slot, len);
+                        kept += 1;
+                    }
+                }
             }
-            match socket.send_to(&self.buffer[..len], source) {
-                Ok(sent) => {
-                    self.counts.sent += 1;
-                    self.counts.bytes_sent += sent as u64;
-                    spent += sent;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.counts.dropped[Drop::SendBufferFull as usize] += 1;
-                }
-                Err(_) => self.counts.dropped[Drop::SendError as usize] += 1,
+            let outcome = send_batch(fd, &self.slots, &self.senders, &answers[..kept]);
+            self.counts.sent += outcome.sent as u64;
+            self.counts.bytes_sent += outcome.bytes as u64;
+            self.counts.dropped[Drop::SendBufferFull as usize] += outcome.no_room as u64;
+            self.counts.dropped[Drop::SendError as usize] += outcome.failed as u64;
+            if received.len() < BATCH {
+                // The socket had no more: the next datagram brings a fresh edge.
+                return Ok(());
             }
         }
         self.more_waiting = true;
         Ok(())
+    }
+}
+
+/// Takes up to [`BATCH`] datagrams into the slots with one `recvmmsg`: each one's length
+/// and the length of its sender's address.
+fn receive_batch(
+    fd: std::os::fd::RawFd,
+    slots: &mut [u8],
+    senders: &mut [libc::sockaddr_storage],
+) -> io::Result<Vec<(usize, libc::socklen_t)>> {
+    // SAFETY: iovec and mmsghdr are plain data; every pointer set below points into
+    // `slots` and `senders`, which outlive the call, with the lengths they have.
+    let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (i, (slot, sender)) in slots
+        .chunks_exact_mut(SLOT)
+        .zip(senders.iter_mut())
+        .enumerate()
+    {
+        iovecs[i] = libc::iovec {
+            iov_base: slot.as_mut_ptr().cast(),
+            iov_len: SLOT,
+        };
+        headers[i].msg_hdr.msg_name = (sender as *mut libc::sockaddr_storage).cast();
+        headers[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `headers` describes BATCH valid buffers, as set up above.
+    let received = unsafe {
+        libc::recvmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if received < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(headers[..received as usize]
+        .iter()
+        .map(|header| (header.msg_len as usize, header.msg_hdr.msg_namelen))
+        .collect())
+}
+
+/// What one batch of answers came to.
+#[derive(Debug, Default)]
+struct Sent {
+    sent: usize,
+    bytes: usize,
+    /// Dropped: the socket's send buffer was full.
+    no_room: usize,
+    /// Dropped: the send failed otherwise (the destination unreachable, say).
+    failed: usize,
+}
+
+/// Sends each answer (a slot and its length) back to that slot's sender, with as few
+/// `sendmmsg` calls as errors allow.
+fn send_batch(
+    fd: std::os::fd::RawFd,
+    slots: &[u8],
+    senders: &[libc::sockaddr_storage],
+    answers: &[(usize, usize)],
+) -> Sent {
+    let mut outcome = Sent::default();
+    // SAFETY: as in receive_batch; the kernel only reads through these pointers.
+    let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (i, &(slot, len)) in answers.iter().enumerate() {
+        iovecs[i] = libc::iovec {
+            iov_base: slots[slot * SLOT..].as_ptr() as *mut libc::c_void,
+            iov_len: len,
+        };
+        let sender = &senders[slot];
+        headers[i].msg_hdr.msg_name = (sender as *const libc::sockaddr_storage) as *mut _;
+        headers[i].msg_hdr.msg_namelen = match i32::from(sender.ss_family) {
+            libc::AF_INET6 => std::mem::size_of::<libc::sockaddr_in6>(),
+            _ => std::mem::size_of::<libc::sockaddr_in>(),
+        } as libc::socklen_t;
+        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
+        headers[i].msg_hdr.msg_iovlen = 1;
+    }
+    let mut start = 0;
+    while start < answers.len() {
+        // SAFETY: headers[start..answers.len()] are set up above.
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                headers[start..].as_mut_ptr(),
+                (answers.len() - start) as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent > 0 {
+            let sent = sent as usize;
+            outcome.sent += sent;
+            outcome.bytes += answers[start..start + sent]
+                .iter()
+                .map(|&(_, len)| len)
+                .sum::<usize>();
+            start += sent;
+            continue;
+        }
+        match io::Error::last_os_error() {
+            e if e.kind() == io::ErrorKind::Interrupted => {}
+            e if e.kind() == io::ErrorKind::WouldBlock => {
+                outcome.no_room += answers.len() - start;
+                break;
+            }
+            // This answer failed: the others may not.
+            _ => {
+                outcome.failed += 1;
+                start += 1;
+            }
+        }
+    }
+    outcome
+}
+
+/// A sender's address as the kernel wrote it.
+fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match i32::from(storage.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the kernel wrote a sockaddr_in, which sockaddr_storage is laid out to
+            // hold.
+            let v4 =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::new(
+                IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes()),
+                u16::from_be(v4.sin_port),
+            ))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, a sockaddr_in6.
+            let v6 = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                v6.sin6_addr.s6_addr.into(),
+                u16::from_be(v6.sin6_port),
+                v6.sin6_flowinfo,
+                v6.sin6_scope_id,
+            )))
+        }
+        _ => None,
     }
 }
 

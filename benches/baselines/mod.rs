@@ -5,7 +5,10 @@
 //! - `line`: the line-at-a-time shape of the Elixir original (`read_line |> write_line`),
 //!   `read_until(b'\n')` then `write_all`, one write per line.
 //!
-//! Both run on a current-thread runtime: one core, like kv_server's single reactor.
+//! - `udp`: a tokio `UdpSocket` echo, `recv_from` then `send_to`: what a Rust user would
+//!   write for datagrams.
+//!
+//! All run on a current-thread runtime: one core, like kv_server's single reactor.
 
 use std::net::SocketAddr;
 
@@ -16,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Baseline {
     Raw,
     Line,
+    Udp,
 }
 
 impl Baseline {
@@ -23,6 +27,7 @@ impl Baseline {
         match self {
             Baseline::Raw => "tokio_raw",
             Baseline::Line => "tokio_line",
+            Baseline::Udp => "tokio_udp",
         }
     }
 }
@@ -35,6 +40,12 @@ pub fn serve(baseline: Baseline, addr: SocketAddr, bound: impl FnOnce(SocketAddr
         .build()
         .expect("tokio runtime");
     runtime.block_on(async move {
+        if baseline == Baseline::Udp {
+            let socket = tokio::net::UdpSocket::bind(addr).await.expect("bind");
+            bound(socket.local_addr().expect("local address"));
+            let _ = udp_echo(socket).await;
+            return;
+        }
         let listener = TcpListener::bind(addr).await.expect("bind");
         bound(listener.local_addr().expect("local address"));
         loop {
@@ -45,11 +56,19 @@ pub fn serve(baseline: Baseline, addr: SocketAddr, bound: impl FnOnce(SocketAddr
             tokio::spawn(async move {
                 let _ = match baseline {
                     Baseline::Raw => raw_echo(socket).await,
-                    Baseline::Line => line_echo(socket).await,
+                    Baseline::Line | Baseline::Udp => line_echo(socket).await,
                 };
             });
         }
     });
+}
+
+async fn udp_echo(socket: tokio::net::UdpSocket) -> std::io::Result<()> {
+    let mut buffer = vec![0u8; 65_536];
+    loop {
+        let (n, peer) = socket.recv_from(&mut buffer).await?;
+        socket.send_to(&buffer[..n], peer).await?;
+    }
 }
 
 async fn raw_echo(mut socket: TcpStream) -> std::io::Result<()> {
