@@ -121,7 +121,7 @@ fn sender(args: &Args, n: usize, tally: &Tally, done: &AtomicBool) -> io::Result
     let fd = socket.as_raw_fd();
     let mut in_flight = VecDeque::with_capacity(args.depth);
     let mut next_seq = 0u64;
-    let mut outgoing: Vec<Vec<u8>> = vec![Vec::with_capacity(args.bytes); BATCH];
+    let mut outgoing: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(args.bytes)).collect();
     let mut incoming: Vec<Vec<u8>> = vec![vec![0u8; args.bytes + 1]; BATCH];
     let mut expected = Vec::with_capacity(args.bytes);
     while !done.load(Ordering::Relaxed) {
