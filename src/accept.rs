@@ -10,15 +10,18 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, UnixListener};
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Socket, Type};
 
 use crate::access::{warn_refused, AccessRules, ProxySources};
 use crate::config::Config;
 use crate::metrics::AcceptCounts;
+use crate::stream::{Peer, Stream};
 use crate::warning::{suppressed_note, RateLimit};
 
 /// Accepts per turn of the loop, so that a storm of connection attempts cannot hold back
@@ -45,16 +48,29 @@ enum Origin {
 
 /// A connection just accepted, and whether there is room for it.
 pub(crate) enum Arrival {
-    Admit(TcpStream, SocketAddr),
+    Admit(Stream, Peer),
     /// The connection limit is reached: it may take an idle connection's place, or must be
     /// turned away.
-    Full(TcpStream, SocketAddr),
+    Full(Stream, Peer),
+}
+
+/// The Unix stream listener of `--unix PATH`.
+struct UnixSide {
+    listener: UnixListener,
+    path: Arc<Path>,
+    /// Bound here: the socket file is removed when the listener closes. A service
+    /// manager's is left to it.
+    origin: Origin,
 }
 
 /// The listening socket and the rules for letting connections in.
 pub(crate) struct Acceptor {
     /// `None` once shutdown has begun: the listener is closed first.
     listener: Option<TcpListener>,
+    /// With `--unix`; closed with the TCP listener.
+    unix: Option<UnixSide>,
+    /// The TCP listener had nothing left this turn: the Unix listener's turn.
+    tcp_drained: bool,
     origin: Origin,
     local_addr: SocketAddr,
     max_connections: usize,
@@ -123,6 +139,8 @@ impl Acceptor {
         registry.register(&mut listener, token, Interest::READABLE)?;
         Ok(Acceptor {
             listener: Some(listener),
+            unix: None,
+            tcp_drained: false,
             origin,
             local_addr,
             max_connections: config.effective_max_connections(),
@@ -162,6 +180,37 @@ impl Acceptor {
     /// Starts a turn of the loop: its share of accepts is whole again.
     pub fn begin_turn(&mut self) {
         self.share_left = ACCEPTS_PER_TURN;
+        self.tcp_drained = false;
+    }
+
+    /// Also accepts on `listener`, a Unix stream socket at `path`: bound here (its file is
+    /// removed when accepting ends) or handed over by a service manager.
+    pub fn listen_unix(
+        &mut self,
+        listener: std::os::unix::net::UnixListener,
+        path: PathBuf,
+        bound_here: bool,
+        registry: &Registry,
+        token: Token,
+    ) -> io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let mut listener = UnixListener::from_std(listener);
+        registry.register(&mut listener, token, Interest::READABLE)?;
+        self.unix = Some(UnixSide {
+            listener,
+            path: path.into(),
+            origin: if bound_here {
+                Origin::Bound
+            } else {
+                Origin::Inherited
+            },
+        });
+        Ok(())
+    }
+
+    /// The path of the Unix socket accepted on, with `--unix`.
+    pub fn unix_path(&self) -> Option<&Path> {
+        self.unix.as_ref().map(|unix| &*unix.path)
     }
 
     /// There is accepting left to do without waiting for an event.
@@ -194,8 +243,29 @@ impl Acceptor {
                 return None;
             }
             self.share_left -= 1;
-            let (socket, peer) = match listener.accept() {
+            let accepted = if !self.tcp_drained {
+                listener
+                    .accept()
+                    .map(|(socket, peer)| (Stream::Tcp(socket), Peer::Ip(peer)))
+            } else if let Some(unix) = self.unix.as_ref() {
+                unix.listener.accept().map(|(socket, _)| {
+                    let pid = peer_pid(&socket);
+                    let peer = Peer::Unix {
+                        path: unix.path.clone(),
+                        pid,
+                    };
+                    (Stream::Unix(socket), peer)
+                })
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+            let (socket, peer) = match accepted {
                 Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.tcp_drained => {
+                    self.tcp_drained = true;
+                    self.share_left += 1;
+                    continue;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.more_waiting = false;
                     return None;
@@ -215,23 +285,29 @@ impl Acceptor {
                     return None;
                 }
             };
-            self.counts.accepted += 1;
-            if !self.rules.is_open() && !self.rules.admits(peer.ip()) {
-                self.counts.denied += 1;
-                warn_refused(&mut self.access_warning, peer, "its own address", now);
-                continue; // Dropping the socket closes it, nothing read.
-            }
-            if let Some(limit) = self.max_per_address {
-                // A balancer's connections are counted under the clients its headers name.
-                if !self.proxy.expects_header(peer.ip()) && from_address(peer.ip()) >= limit {
-                    let (counts, warning) = (&mut self.counts, &mut self.address_warning);
-                    report_address_limit(counts, warning, peer, limit, now);
-                    continue; // Dropping the socket closes it.
+            self.counts.accepted[peer.transport() as usize] += 1;
+            // The access lists, the per-address limit and TCP's options are about IP
+            // clients; a Unix socket's are whoever its file's permissions let in.
+            if let (Stream::Tcp(tcp), Peer::Ip(addr)) = (&socket, &peer) {
+                let addr = *addr;
+                if !self.rules.is_open() && !self.rules.admits(addr.ip()) {
+                    self.counts.denied += 1;
+                    warn_refused(&mut self.access_warning, &addr, "its own address", now);
+                    continue; // Dropping the socket closes it, nothing read.
                 }
-            }
-            // Echoes are small and latency-bound: never hold them back for coalescing.
-            if let Err(e) = socket.set_nodelay(true) {
-                log::debug!("{peer}: cannot set TCP_NODELAY: {e}");
+                if let Some(limit) = self.max_per_address {
+                    // A balancer's connections are counted under the clients its headers
+                    // name.
+                    if !self.proxy.expects_header(addr.ip()) && from_address(addr.ip()) >= limit {
+                        let (counts, warning) = (&mut self.counts, &mut self.address_warning);
+                        report_address_limit(counts, warning, addr, limit, now);
+                        continue; // Dropping the socket closes it.
+                    }
+                }
+                // Echoes are small and latency-bound: never hold them back for coalescing.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    log::debug!("{addr}: cannot set TCP_NODELAY: {e}");
+                }
             }
 
             if open >= self.max_connections {
@@ -242,7 +318,7 @@ impl Acceptor {
     }
 
     /// Closes a connection that found the table full with no idle connection to replace.
-    pub fn turn_away(&mut self, peer: SocketAddr, now: Instant) {
+    pub fn turn_away(&mut self, peer: &Peer, now: Instant) {
         self.counts.over_limit += 1;
         if let Some(suppressed) = self.limit_warning.allow(now) {
             log::warn!(
@@ -262,10 +338,17 @@ impl Acceptor {
         }
     }
 
-    /// Stops accepting for good: the listener is deregistered and closed.
+    /// Stops accepting for good: the listeners are deregistered and closed, and a Unix
+    /// socket file bound here is removed.
     pub fn close(&mut self, registry: &Registry) {
         if let Some(mut listener) = self.listener.take() {
             let _ = registry.deregister(&mut listener);
+        }
+        if let Some(mut unix) = self.unix.take() {
+            let _ = registry.deregister(&mut unix.listener);
+            if unix.origin == Origin::Bound {
+                remove_socket_file(&unix.path);
+            }
         }
         self.paused_until = None;
         self.more_waiting = false;
@@ -288,6 +371,95 @@ fn report_address_limit(
             suppressed_note(suppressed)
         );
     }
+}
+
+impl Drop for Acceptor {
+    /// A server that ends without a shutdown (an error, or never run) leaves no socket
+    /// file behind either.
+    fn drop(&mut self) {
+        if let Some(unix) = self.unix.take().filter(|unix| unix.origin == Origin::Bound) {
+            remove_socket_file(&unix.path);
+        }
+    }
+}
+
+/// The client process's id on a Unix socket (`SO_PEERCRED`), if the kernel says.
+fn peer_pid(socket: &mio::net::UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: ucred is plain data; getsockopt writes at most `len` bytes into it.
+    unsafe {
+        let mut credentials: libc::ucred = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        let result = libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut credentials as *mut libc::ucred).cast(),
+            &mut len,
+        );
+        (result == 0 && credentials.pid > 0).then_some(credentials.pid as u32)
+    }
+}
+
+fn remove_socket_file(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            log::warn!("Cannot remove the socket file {}: {e}", path.display());
+        }
+    }
+}
+
+/// A Unix stream socket listening at `path`, with file mode `mode` if given (else as the
+/// umask makes it). A socket file at `path` that nobody listens on is left from a server
+/// that did not stop cleanly: it is replaced. A live one, or anything that is not a socket,
+/// is an error naming the path.
+pub(crate) fn bind_unix(
+    path: &Path,
+    mode: Option<u32>,
+) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(format!(
+                        "cannot listen on {shown}: another process is listening there"
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    log::info!("Replacing the stale socket file {shown} (nobody listens on it)");
+                    std::fs::remove_file(path)
+                        .map_err(|e| format!("cannot remove the stale socket file {shown}: {e}"))?;
+                }
+                Err(e) => return Err(format!("cannot listen on {shown}: {e}")),
+            }
+        }
+        Ok(metadata) => {
+            let what = if metadata.is_dir() {
+                "a directory"
+            } else if metadata.is_file() {
+                "a regular file"
+            } else {
+                "not a socket"
+            };
+            return Err(format!(
+                "cannot listen on {shown}: it exists and is {what}, not a socket; remove it \
+                 or choose another path"
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot listen on {shown}: {e}")),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| format!("cannot listen on {shown}: {e}"))?;
+    if let Some(mode) = mode {
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            remove_socket_file(path);
+            return Err(format!("cannot set the mode of {shown} to {mode:o}: {e}"));
+        }
+    }
+    Ok(listener)
 }
 
 /// Keepalive for `--tcp-keepalive TIME` on `listener`, which the connections it accepts

@@ -20,6 +20,7 @@ use std::time::Instant;
 use ipnet::IpNet;
 
 use crate::config::Config;
+use crate::stream::Peer;
 use crate::warning::{suppressed_note, RateLimit};
 
 /// A set of addresses given as CIDR blocks, IPv4 and IPv6 apart (an IPv6 block never
@@ -129,6 +130,15 @@ impl ProxySources {
         }
     }
 
+    /// Whether a connection from `peer` must begin with a PROXY header. A Unix socket's
+    /// clients have no address to name a source by: they must when every client must.
+    pub fn expects_header_from(&self, peer: &Peer) -> bool {
+        match peer.ip() {
+            Some(ip) => self.expects_header(ip),
+            None => matches!(self, ProxySources::Everyone),
+        }
+    }
+
     /// Whether a connection from `peer` must begin with a PROXY header.
     pub fn expects_header(&self, peer: IpAddr) -> bool {
         match self {
@@ -146,7 +156,12 @@ impl ProxySources {
 
 /// Warns, at most once a second, that a connection from `peer` was refused by `--allow` or
 /// `--deny` (`what` says which address: the socket's, or the one a PROXY header named).
-pub(crate) fn warn_refused(warning: &mut RateLimit, peer: SocketAddr, what: &str, now: Instant) {
+pub(crate) fn warn_refused(
+    warning: &mut RateLimit,
+    peer: &dyn std::fmt::Display,
+    what: &str,
+    now: Instant,
+) {
     if let Some(suppressed) = warning.allow(now) {
         log::warn!(
             "{peer}: refused by --allow/--deny ({what}); connection closed before anything \

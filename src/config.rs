@@ -92,6 +92,12 @@ pub struct Config {
     /// Every connection speaks the telnet protocol: commands are taken out of its input,
     /// options negotiated, every line end echoed as CR LF, 0xFF escaped in its echoes.
     pub telnet: bool,
+    /// Also accept connections on a Unix stream socket at this path, with the same echo and
+    /// rules (per-address ones aside). A stale socket file there is replaced; the file is
+    /// removed when the server stops.
+    pub unix: Option<std::path::PathBuf>,
+    /// The Unix socket file's mode; `None` leaves it to the umask.
+    pub unix_mode: Option<u32>,
     /// Also echo datagrams (RFC 862) on the same address and port, UDP.
     pub udp: bool,
     /// With `udp`: datagrams a second answered per source address (and bursts of as many);
@@ -125,6 +131,8 @@ impl Default for Config {
             proxy_from: Vec::new(),
             telnet: false,
             udp: false,
+            unix: None,
+            unix_mode: None,
             udp_rate_per_source: DEFAULT_UDP_RATE_PER_SOURCE,
             proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
             metrics: None,

@@ -10,11 +10,10 @@
 
 use std::any::Any;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-use mio::net::TcpStream;
 
 use crate::access::{AccessRules, AddressLimit};
 use crate::budget::Holder;
@@ -24,6 +23,7 @@ use crate::line;
 use crate::metrics::Traffic;
 use crate::proxy;
 use crate::schedule::{READ_SHARE, WRITE_SHARE};
+use crate::stream::{Peer, Stream};
 use crate::telnet::{self, Piece, SubnegotiationTooLong, Telnet};
 
 /// Why a connection has to end early.
@@ -101,9 +101,9 @@ pub(crate) struct Turn<'a> {
 }
 
 pub(crate) struct Connection {
-    socket: TcpStream,
+    socket: Stream,
     /// Kept from accept time: after a reset the socket can no longer tell it.
-    peer: SocketAddr,
+    peer: Peer,
     /// The unfinished last line, always shorter than the line limit; empty and unallocated
     /// whenever the client's last read ended at a line end.
     partial: Vec<u8>,
@@ -169,7 +169,7 @@ struct AwaitingHeader {
 }
 
 impl Connection {
-    pub fn new(socket: TcpStream, peer: SocketAddr, now: Instant) -> Self {
+    pub fn new(socket: Stream, peer: Peer, now: Instant) -> Self {
         Connection {
             socket,
             peer,
@@ -192,8 +192,8 @@ impl Connection {
         }
     }
 
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    pub fn peer(&self) -> &Peer {
+        &self.peer
     }
 
     /// From now on the connection must begin with a PROXY protocol header, complete by
@@ -227,7 +227,7 @@ impl Connection {
             .map(|awaiting| awaiting.deadline)
     }
 
-    pub fn socket_mut(&mut self) -> &mut TcpStream {
+    pub fn socket_mut(&mut self) -> &mut Stream {
         &mut self.socket
     }
 
@@ -483,13 +483,13 @@ impl Connection {
                 if let Some(client) = client.filter(|c| !turn.rules.admits(c.ip())) {
                     // Still awaiting its header as far as the table knows: never counted
                     // under an address, so nothing to uncount when it closes.
-                    self.peer = client;
+                    self.peer = Peer::Ip(client);
                     return Err(Fault::AccessDenied);
                 }
                 self.awaiting_header = None;
-                let balancer = self.peer;
+                let balancer = self.peer.clone();
                 if let Some(client) = client {
-                    self.peer = client;
+                    self.peer = Peer::Ip(client);
                     log::debug!("{client}: connected through {balancer} (PROXY v{version})");
                 } else {
                     log::debug!(
@@ -498,8 +498,8 @@ impl Connection {
                     );
                 }
                 // Counted under its address before any of its bytes is answered.
-                if let Some(limit) = turn.addresses.as_deref_mut() {
-                    if !limit.admit(self.peer) {
+                if let (Some(limit), Peer::Ip(client)) = (turn.addresses.as_deref_mut(), &self.peer) {
+                    if !limit.admit(*client) {
                         return Err(Fault::AddressLimit);
                     }
                 }
@@ -659,7 +659,7 @@ impl OutputBuffer {
 
     /// Writes `answer` to the socket unless earlier output is still queued, and queues
     /// whatever the socket would not take. Returns the bytes written now.
-    fn send(&mut self, socket: &mut TcpStream, answer: &[u8]) -> io::Result<usize> {
+    fn send(&mut self, socket: &mut Stream, answer: &[u8]) -> io::Result<usize> {
         if self.pending() > 0 {
             // Earlier output is still queued; this must wait behind it to keep the order.
             self.queue(answer);
@@ -676,7 +676,7 @@ impl OutputBuffer {
 
     /// Sends what is queued, as far as the socket takes it and at most `limit` bytes;
     /// releases the buffer once empty. Returns the bytes written.
-    fn flush(&mut self, socket: &mut TcpStream, limit: usize) -> io::Result<usize> {
+    fn flush(&mut self, socket: &mut Stream, limit: usize) -> io::Result<usize> {
         let end = self.bytes.len().min(self.sent + limit);
         let written = write_until_blocked(socket, &self.bytes[self.sent..end])?;
         self.sent += written;
@@ -703,7 +703,7 @@ impl OutputBuffer {
 }
 
 /// Writes as much of `bytes` as the socket takes before it would block; returns how much.
-fn write_until_blocked(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<usize> {
+fn write_until_blocked(socket: &mut Stream, bytes: &[u8]) -> io::Result<usize> {
     let mut sent = 0;
     while sent < bytes.len() {
         match socket.write(&bytes[sent..]) {
@@ -720,9 +720,12 @@ fn write_until_blocked(socket: &mut TcpStream, bytes: &[u8]) -> io::Result<usize
 /// Whether the peer's receive window is open, from `TCP_INFO`: with output unsent, a closed
 /// window means the peer stopped reading, an open one that the network has yet to carry or
 /// acknowledge what was sent. A kernel that does not say (before Linux 5.4) or an error
-/// answers false: no preference then.
-fn peer_window_open(socket: &TcpStream) -> bool {
+/// answers false: no preference then. So does a Unix socket, which has no window.
+fn peer_window_open(socket: &Stream) -> bool {
     use std::os::fd::AsRawFd;
+    let Some(socket) = socket.as_tcp() else {
+        return false;
+    };
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it and
     // says how many it wrote.
     unsafe {

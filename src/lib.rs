@@ -31,6 +31,7 @@ mod proxy;
 mod schedule;
 mod server;
 mod shutdown;
+mod stream;
 mod table;
 mod telnet;
 mod udp;

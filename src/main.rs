@@ -39,6 +39,17 @@ struct Cli {
     #[arg(long, help_heading = "Listening")]
     reuse_port: bool,
 
+    /// Also accept connections on a Unix stream socket at PATH, with the same echo and
+    /// rules (per-address ones aside). A stale socket file there (nobody listening) is
+    /// replaced; a live one, or a file that is not a socket, is an error. The file is removed
+    /// when the server stops
+    #[arg(long, help_heading = "Listening", value_name = "PATH")]
+    unix: Option<std::path::PathBuf>,
+
+    /// The Unix socket file's mode, in octal (660, 0600...) [default: as the umask makes it]
+    #[arg(long, help_heading = "Listening", value_name = "OCTAL", value_parser = parse_mode, requires = "unix")]
+    unix_mode: Option<u32>,
+
     /// Longest line echoed in one piece; longer lines come back in pieces of this size
     #[arg(long, help_heading = "Limits", value_name = "BYTES", default_value_t = config::DEFAULT_MAX_LINE_BYTES,
           value_parser = parse_positive)]
@@ -154,6 +165,13 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
     IpNet::new(addr, prefix).map_err(|e| e.to_string())
 }
 
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text, 8) {
+        Ok(mode) if mode <= 0o7777 => Ok(mode),
+        _ => Err(format!("'{text}' is not a file mode in octal, such as 660 or 0600")),
+    }
+}
+
 fn parse_positive(text: &str) -> Result<usize, String> {
     match text.parse::<usize>() {
         Ok(0) | Err(_) => Err("expected a whole number of at least 1".to_owned()),
@@ -228,6 +246,8 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         proxy_from: cli.proxy_from,
         telnet: cli.telnet,
         udp: cli.udp,
+        unix: cli.unix,
+        unix_mode: cli.unix_mode,
         udp_rate_per_source: cli.udp_rate_per_source,
         max_line_bytes: cli.max_line_bytes,
         max_connections: cli.max_connections,

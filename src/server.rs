@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Registry, Token};
 
-use crate::accept::{Acceptor, Arrival};
+use crate::accept::{self, Acceptor, Arrival};
 use crate::config::Config;
 use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
 use crate::handler::{Echo, LineHandler};
@@ -25,6 +25,7 @@ use crate::metrics::endpoint::MetricsEndpoint;
 use crate::metrics::{CloseReason, Snapshot, Traffic, TurnTimes};
 use crate::schedule::{self, Schedule};
 use crate::shutdown::{ServiceManager, Shutdown, ShutdownHandle, Stopped};
+use crate::stream::{Peer, Stream};
 use crate::table::{ConnectionTable, Ending, TurnParts};
 use crate::udp::UdpEcho;
 
@@ -33,6 +34,7 @@ const WAKER: Token = Token(usize::MAX - 2);
 const SIGNALS: Token = Token(usize::MAX - 3);
 const METRICS: Token = Token(usize::MAX - 4);
 const UDP: Token = Token(usize::MAX - 5);
+const UNIX_LISTENER: Token = Token(usize::MAX - 6);
 /// Keys the schedule remembers once every connection has gone; after a larger burst its
 /// memory is given back, as the connection table gives back its slab.
 const SCHEDULE_KEYS_KEPT: usize = 1024;
@@ -104,10 +106,15 @@ impl Server {
 
     fn with_acceptor(
         poll: Poll,
-        acceptor: Acceptor,
+        mut acceptor: Acceptor,
         config: Config,
         handler: Box<dyn LineHandler>,
     ) -> io::Result<Server> {
+        if let Some(path) = config.unix.as_ref() {
+            let listener = accept::bind_unix(path, config.unix_mode)
+                .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
+            acceptor.listen_unix(listener, path.clone(), true, poll.registry(), UNIX_LISTENER)?;
+        }
         let shutdown = Shutdown::new(poll.registry(), WAKER, SIGNALS, config.shutdown_timeout)?;
         if config.proxy_protocol && config.proxy_from.is_empty() {
             log::warn!(
@@ -168,6 +175,11 @@ impl Server {
         self.metrics.as_ref().map(MetricsEndpoint::local_addr)
     }
 
+    /// The path of the Unix socket connections are accepted on, with `--unix`.
+    pub fn unix_path(&self) -> Option<&std::path::Path> {
+        self.acceptor.unix_path()
+    }
+
     /// The address datagrams are echoed on, with `--udp`.
     pub fn udp_addr(&self) -> Option<SocketAddr> {
         self.udp.as_ref().map(UdpEcho::local_addr)
@@ -200,6 +212,9 @@ impl Server {
     pub fn run(mut self) -> io::Result<Stopped> {
         let port = self.local_addr().port();
         log::info!("Accepting connections on port {port}");
+        if let Some(path) = self.unix_path() {
+            log::info!("Accepting connections on Unix socket {}", path.display());
+        }
         if let Some(addr) = self.udp_addr() {
             log::info!("Echoing datagrams on UDP port {}", addr.port());
         }
@@ -250,7 +265,7 @@ impl Server {
 
     fn dispatch(&mut self, event: &mio::event::Event, now: Instant) {
         match event.token() {
-            LISTENER => self.accept(now),
+            LISTENER | UNIX_LISTENER => self.accept(now),
             WAKER => {}
             SIGNALS => self.shutdown.take_signals(),
             UDP => self.serve_datagrams(now),
@@ -384,7 +399,7 @@ impl Server {
                     if evicted {
                         self.admit(socket, peer, now);
                     } else {
-                        self.acceptor.turn_away(peer, now);
+                        self.acceptor.turn_away(&peer, now);
                     }
                 }
             }
@@ -392,7 +407,7 @@ impl Server {
     }
 
     /// Lets an accepted socket in; during a drain it starts out draining too.
-    fn admit(&mut self, socket: mio::net::TcpStream, peer: SocketAddr, now: Instant) {
+    fn admit(&mut self, socket: Stream, peer: Peer, now: Instant) {
         let registry = self.poll.registry();
         let Some(key) = self.connections.insert(registry, socket, peer, now) else {
             return;
@@ -615,7 +630,7 @@ fn take_snapshot(
 ) -> Snapshot {
     Snapshot {
         accepts: acceptor.counts(),
-        open: connections.len(),
+        open: connections.open_by_transport(),
         closed: connections.closed(),
         traffic,
         buffers: connections.buffer_gauges(),

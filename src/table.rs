@@ -8,10 +8,9 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use slab::Slab;
 
@@ -21,6 +20,7 @@ use crate::config::Config;
 use crate::connection::{Connection, Fault};
 use crate::idle::IdleList;
 use crate::metrics::{BufferGauges, CloseReason, ClosedCounts};
+use crate::stream::{Peer, Stream, Transport};
 use crate::warning::RateLimit;
 
 /// Slab slots kept once every connection has closed; a larger slab is released.
@@ -28,6 +28,8 @@ const SLAB_CAPACITY_KEPT: usize = 1024;
 
 pub(crate) struct ConnectionTable {
     slab: Slab<Connection>,
+    /// Connections in the slab over a Unix socket; the rest are TCP.
+    open_unix: usize,
     /// Present when connections time out after a quiet spell or may be evicted when idle.
     idle: Option<IdleList>,
     idle_timeout: Option<Duration>,
@@ -59,6 +61,7 @@ impl ConnectionTable {
         let proxy = ProxySources::new(config);
         ConnectionTable {
             slab: Slab::new(),
+            open_unix: 0,
             idle: shortest.map(|time| IdleList::new((time / 8).min(Duration::from_secs(1)))),
             idle_timeout: config.idle_timeout,
             budget: BufferBudget::new(config.max_buffered_bytes, config.read_buffer_bytes),
@@ -218,6 +221,14 @@ impl ConnectionTable {
         self.slab.len()
     }
 
+    /// Connections open, by transport.
+    pub fn open_by_transport(&self) -> [usize; Transport::ALL.len()] {
+        let mut open = [0; Transport::ALL.len()];
+        open[Transport::Unix as usize] = self.open_unix;
+        open[Transport::Tcp as usize] = self.slab.len() - self.open_unix;
+        open
+    }
+
     pub fn get_mut(&mut self, key: usize) -> Option<&mut Connection> {
         self.slab.get_mut(key)
     }
@@ -232,8 +243,8 @@ impl ConnectionTable {
     pub fn insert(
         &mut self,
         registry: &Registry,
-        mut socket: TcpStream,
-        peer: SocketAddr,
+        mut socket: Stream,
+        peer: Peer,
         now: Instant,
     ) -> Option<usize> {
         let entry = self.slab.vacant_entry();
@@ -244,23 +255,27 @@ impl ConnectionTable {
             self.closed.add(CloseReason::Error, 1);
             return None;
         }
+        log::debug!("{peer}: connected");
+        if peer.transport() == Transport::Unix {
+            self.open_unix += 1;
+        }
         let connection = entry.insert(Connection::new(socket, peer, now));
         match self.header_timeout {
-            Some(timeout) if self.proxy.expects_header(peer.ip()) => {
+            Some(timeout) if self.proxy.expects_header_from(connection.peer()) => {
                 // Its address is known once its header has come: counted then.
                 connection.expect_proxy_header(now + timeout);
                 self.awaiting_headers.push_back((now + timeout, key));
             }
             _ => {
-                if let Some(limit) = self.per_address.as_mut() {
-                    limit.add(peer.ip());
+                if let (Some(limit), Some(ip)) = (self.per_address.as_mut(), connection.peer().ip())
+                {
+                    limit.add(ip);
                 }
             }
         }
         if let Some(idle) = self.idle.as_mut() {
             idle.push_back(&mut self.slab, key, now);
         }
-        log::debug!("{peer}: connected");
         Some(key)
     }
 
@@ -328,11 +343,16 @@ impl ConnectionTable {
             idle.remove(&mut self.slab, key);
         }
         let mut connection = self.slab.remove(key);
+        if connection.peer().transport() == Transport::Unix {
+            self.open_unix -= 1;
+        }
         self.closed.add(ending.reason(), 1);
         self.budget.adjust(key, connection.buffered_capacity(), 0);
         // A connection still awaiting its PROXY header was never counted under an address.
         if let (Some(limit), None) = (self.per_address.as_mut(), connection.header_deadline()) {
-            limit.remove(connection.peer().ip());
+            if let Some(ip) = connection.peer().ip() {
+                limit.remove(ip);
+            }
         }
         // Logged while the socket is still open: whoever sees the close can find the line.
         match ending {
@@ -392,7 +412,7 @@ impl Ending {
     }
 }
 
-fn log_fault(peer: SocketAddr, fault: Fault) {
+fn log_fault(peer: &Peer, fault: Fault) {
     match fault {
         Fault::ProxyHeader(reason) => {
             log::debug!("{peer}: {reason}; closing without echoing anything")

@@ -30,7 +30,7 @@ fn drop_resets() {
 }
 
 fn open_connections(server: &ServerProcess) -> f64 {
-    common::scrape(server.metrics_addr())["kv_server_connections_open"]
+    common::scrape(server.metrics_addr())["kv_server_connections_open{transport=\"tcp\"}"]
 }
 
 /// Connects `GHOSTS` clients, makes each echo a line, then resets them all (`SO_LINGER` 0):

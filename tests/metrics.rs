@@ -53,7 +53,7 @@ fn counters_are_exact_after_a_scripted_workload() {
     });
     let m = scrape(metrics);
     let bytes = (clients as usize * lines * len) as f64;
-    assert_eq!(m["kv_server_connections_accepted_total"], clients as f64);
+    assert_eq!(m["kv_server_connections_accepted_total{transport=\"tcp\"}"], clients as f64);
     assert_eq!(m["kv_server_bytes_received_total"], bytes);
     assert_eq!(m["kv_server_bytes_sent_total"], bytes);
     assert_eq!(
@@ -64,7 +64,7 @@ fn counters_are_exact_after_a_scripted_workload() {
         let name = format!("kv_server_connections_closed_total{{reason=\"{reason}\"}}");
         assert_eq!(m[&name], 0.0, "{name}");
     }
-    assert_eq!(m["kv_server_connections_open"], 0.0);
+    assert_eq!(m["kv_server_connections_open{transport=\"tcp\"}"], 0.0);
     assert_eq!(m["kv_server_buffered_bytes"], 0.0);
     assert_eq!(m["kv_server_reads_paused"], 0.0);
     assert_eq!(m["kv_server_long_lines_total"], 0.0);
@@ -93,12 +93,12 @@ fn long_lines_and_the_connection_limit_are_counted() {
     assert!(common::closed_within(&mut extra, common::TIMEOUT));
     let m = scrape(metrics);
     assert_eq!(m["kv_server_long_lines_total"], 3.0);
-    assert_eq!(m["kv_server_connections_accepted_total"], 2.0);
+    assert_eq!(m["kv_server_connections_accepted_total{transport=\"tcp\"}"], 2.0);
     assert_eq!(
         m["kv_server_connections_closed_total{reason=\"connection_limit\"}"],
         1.0
     );
-    assert_eq!(m["kv_server_connections_open"], 1.0);
+    assert_eq!(m["kv_server_connections_open{transport=\"tcp\"}"], 1.0);
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::process::ProcessStats;
 use super::{CloseReason, Snapshot, TURN_BUCKETS};
+use crate::stream::Transport;
 
 /// Which text format a scraper gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +65,13 @@ impl Encoder {
     fn gauge(&mut self, name: &str, help: &str, value: f64) {
         self.header(name, help, "gauge");
         self.sample(name, None, value);
+    }
+
+    fn labelled_gauge(&mut self, name: &str, help: &str, samples: &[(Option<(&str, &str)>, f64)]) {
+        self.header(name, help, "gauge");
+        for (label, value) in samples {
+            self.sample(name, *label, *value);
+        }
     }
 
     /// An info metric `name` (given without `_info`): labels that describe the process.
@@ -134,15 +142,23 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
         .map(|&reason| (Some(("reason", reason.label())), closed.get(reason) as f64))
         .collect();
     let traffic = &snapshot.traffic;
+    let by_transport = |values: &[u64]| -> Vec<(Option<(&str, &str)>, f64)> {
+        Transport::ALL
+            .iter()
+            .map(|&t| (Some(("transport", t.label())), values[t as usize] as f64))
+            .collect()
+    };
     e.counter(
         "kv_server_connections_accepted",
-        "Connections accepted, including those closed at once for the connection limit.",
-        &[(None, snapshot.accepts.accepted as f64)],
+        "Connections accepted, including those closed at once for the connection limit, by \
+         transport (tcp, or unix with --unix).",
+        &by_transport(&snapshot.accepts.accepted),
     );
-    e.gauge(
+    let open = snapshot.open.map(|count| count as u64);
+    e.labelled_gauge(
         "kv_server_connections_open",
-        "Connections being served.",
-        snapshot.open as f64,
+        "Connections being served, by transport.",
+        &by_transport(&open),
     );
     e.counter(
         "kv_server_connections_closed",
@@ -279,13 +295,13 @@ mod tests {
         closed.add(CloseReason::ClientClosed, 3);
         Snapshot {
             accepts: AcceptCounts {
-                accepted: 5,
+                accepted: [5, 0],
                 over_limit: 1,
                 over_address_limit: 0,
                 denied: 0,
                 pauses: 0,
             },
-            open: 1,
+            open: [1, 0],
             closed,
             traffic: Traffic {
                 bytes_received: 10,
@@ -311,7 +327,7 @@ mod tests {
         let process = ProcessStats::default();
         let text = render(&snapshot(), &process, Format::Prometheus);
         assert!(text.contains("# TYPE kv_server_connections_accepted_total counter\n"));
-        assert!(text.contains("kv_server_connections_accepted_total 5\n"));
+        assert!(text.contains("kv_server_connections_accepted_total{transport=\"tcp\"} 5\n"));
         assert!(text.contains("kv_server_connections_closed_total{reason=\"client_closed\"} 3\n"));
         assert!(
             text.contains("kv_server_connections_closed_total{reason=\"connection_limit\"} 1\n")
@@ -330,7 +346,7 @@ mod tests {
 
         let open = render(&snapshot(), &process, Format::OpenMetrics);
         assert!(open.contains("# TYPE kv_server_connections_accepted counter\n"));
-        assert!(open.contains("kv_server_connections_accepted_total 5\n"));
+        assert!(open.contains("kv_server_connections_accepted_total{transport=\"tcp\"} 5\n"));
         assert!(open.contains("# TYPE kv_server_build info\n"));
         assert!(open.ends_with("# EOF\n"));
     }

@@ -13,6 +13,8 @@ mod process;
 
 use std::time::{Duration, SystemTime};
 
+use crate::stream::Transport;
+
 /// Why a connection ended. Each reason is counted as `connections_closed_total{reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CloseReason {
@@ -124,8 +126,9 @@ pub(crate) struct UdpCounts {
 /// Connections let in, and how often accepting paused; counted by the acceptor.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct AcceptCounts {
-    /// Every accepted socket, including those closed at once for the connection limit.
-    pub accepted: u64,
+    /// Every accepted socket, including those closed at once for the connection limit, by
+    /// [`Transport`].
+    pub accepted: [u64; Transport::ALL.len()],
     pub over_limit: u64,
     pub over_address_limit: u64,
     /// Refused by `--allow`/`--deny` at accept.
@@ -166,7 +169,8 @@ impl TurnTimes {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Snapshot {
     pub accepts: AcceptCounts,
-    pub open: usize,
+    /// Connections being served, by [`Transport`].
+    pub open: [usize; Transport::ALL.len()],
     pub closed: ClosedCounts,
     pub traffic: Traffic,
     pub buffers: BufferGauges,
@@ -227,7 +231,7 @@ impl Snapshot {
         format!(
             "Served {} connections; {} bytes in, {} bytes out; {} long lines; ended: \
              {endings}{datagrams}",
-            self.accepts.accepted,
+            self.accepts.accepted.iter().sum::<u64>(),
             self.traffic.bytes_received,
             self.traffic.bytes_sent,
             self.traffic.long_lines
