@@ -14,7 +14,6 @@ use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-
 use crate::access::{AccessRules, AddressLimit};
 use crate::budget::Holder;
 use crate::handler::LineHandler;
@@ -498,7 +497,8 @@ impl Connection {
                     );
                 }
                 // Counted under its address before any of its bytes is answered.
-                if let (Some(limit), Peer::Ip(client)) = (turn.addresses.as_deref_mut(), &self.peer) {
+                if let (Some(limit), Peer::Ip(client)) = (turn.addresses.as_deref_mut(), &self.peer)
+                {
                     if !limit.admit(*client) {
                         return Err(Fault::AddressLimit);
                     }

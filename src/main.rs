@@ -168,7 +168,9 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
 fn parse_mode(text: &str) -> Result<u32, String> {
     match u32::from_str_radix(text, 8) {
         Ok(mode) if mode <= 0o7777 => Ok(mode),
-        _ => Err(format!("'{text}' is not a file mode in octal, such as 660 or 0600")),
+        _ => Err(format!(
+            "'{text}' is not a file mode in octal, such as 660 or 0600"
+        )),
     }
 }
 

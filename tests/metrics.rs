@@ -53,7 +53,10 @@ fn counters_are_exact_after_a_scripted_workload() {
     });
     let m = scrape(metrics);
     let bytes = (clients as usize * lines * len) as f64;
-    assert_eq!(m["kv_server_connections_accepted_total{transport=\"tcp\"}"], clients as f64);
+    assert_eq!(
+        m["kv_server_connections_accepted_total{transport=\"tcp\"}"],
+        clients as f64
+    );
     assert_eq!(m["kv_server_bytes_received_total"], bytes);
     assert_eq!(m["kv_server_bytes_sent_total"], bytes);
     assert_eq!(
@@ -93,7 +96,10 @@ fn long_lines_and_the_connection_limit_are_counted() {
     assert!(common::closed_within(&mut extra, common::TIMEOUT));
     let m = scrape(metrics);
     assert_eq!(m["kv_server_long_lines_total"], 3.0);
-    assert_eq!(m["kv_server_connections_accepted_total{transport=\"tcp\"}"], 2.0);
+    assert_eq!(
+        m["kv_server_connections_accepted_total{transport=\"tcp\"}"],
+        2.0
+    );
     assert_eq!(
         m["kv_server_connections_closed_total{reason=\"connection_limit\"}"],
         1.0
