@@ -37,7 +37,7 @@ mod telnet;
 mod udp;
 mod warning;
 
-pub use accept::listener_from_service_manager;
+pub use accept::{sockets_from_service_manager, ServiceSockets};
 pub use config::{Config, ConfigError};
 pub use handler::{Echo, LineHandler};
 pub use server::Server;

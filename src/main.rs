@@ -237,7 +237,7 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
             config::open_file_limit()
         }
     };
-    let inherited = kv_server::listener_from_service_manager()?;
+    let inherited = kv_server::sockets_from_service_manager()?;
     let config = Config {
         listen: SocketAddr::new(cli.bind, port),
         reuse_port: cli.reuse_port,
@@ -265,12 +265,18 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
     };
     config.validate().map_err(|e| e.to_string())?;
     let mut server = match inherited {
-        Some(listener) => {
+        Some(sockets) => {
+            let also = match (sockets.udp.is_some(), sockets.unix.is_some()) {
+                (true, true) => " with a UDP socket and a Unix listener",
+                (true, false) => " with a UDP socket",
+                (false, true) => " with a Unix listener",
+                (false, false) => "",
+            };
             log::info!(
-                "Serving the listening socket passed by the service manager (LISTEN_FDS); \
+                "Serving the listening socket passed by the service manager (LISTEN_FDS){also}; \
                  --port, PORT, --bind and --reuse-port do not apply to it"
             );
-            Server::from_listener(listener, config.clone(), Box::new(Echo))
+            Server::from_service_sockets(sockets, config.clone(), Box::new(Echo))
                 .map_err(|e| e.to_string())?
         }
         None => Server::bind(config.clone()).map_err(|e| e.to_string())?,

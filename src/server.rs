@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use mio::{Events, Poll, Registry, Token};
 
-use crate::accept::{self, Acceptor, Arrival};
+use crate::accept::{self, Acceptor, Arrival, ServiceSockets};
 use crate::config::Config;
 use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
 use crate::handler::{Echo, LineHandler};
@@ -84,11 +84,10 @@ impl Server {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
         let acceptor = Acceptor::bind(&config, poll.registry(), LISTENER)?;
-        Server::with_acceptor(poll, acceptor, config, handler)
+        Server::with_acceptor(poll, acceptor, None, None, config, handler)
     }
 
-    /// Serves `listener`, a listening socket bound elsewhere (for example one handed over by
-    /// a service manager: see [`crate::listener_from_service_manager`]), instead of binding
+    /// Serves `listener`, a listening socket bound elsewhere, instead of binding
     /// `config.listen`. Its accept queue is left for whoever else holds the socket when
     /// this server stops.
     pub fn from_listener(
@@ -96,24 +95,68 @@ impl Server {
         config: Config,
         handler: Box<dyn LineHandler>,
     ) -> io::Result<Server> {
+        let sockets = ServiceSockets {
+            tcp: listener,
+            udp: None,
+            unix: None,
+        };
+        Server::from_service_sockets(sockets, config, handler)
+    }
+
+    /// Serves the sockets a service manager handed over (see
+    /// [`crate::sockets_from_service_manager`]) instead of binding: its TCP listener, and
+    /// its UDP socket and Unix listener, if any, as if `--udp` and `--unix` had asked for
+    /// them. `--udp` without a UDP socket among them binds one on the TCP listener's
+    /// address; `--unix` beside an inherited Unix listener does not apply.
+    pub fn from_service_sockets(
+        sockets: ServiceSockets,
+        config: Config,
+        handler: Box<dyn LineHandler>,
+    ) -> io::Result<Server> {
         config
             .validate()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let poll = Poll::new()?;
-        let acceptor = Acceptor::inherit(listener, &config, poll.registry(), LISTENER)?;
-        Server::with_acceptor(poll, acceptor, config, handler)
+        let acceptor = Acceptor::inherit(sockets.tcp, &config, poll.registry(), LISTENER)?;
+        Server::with_acceptor(poll, acceptor, sockets.udp, sockets.unix, config, handler)
     }
 
     fn with_acceptor(
         poll: Poll,
         mut acceptor: Acceptor,
+        inherited_udp: Option<std::net::UdpSocket>,
+        inherited_unix: Option<std::os::unix::net::UnixListener>,
         config: Config,
         handler: Box<dyn LineHandler>,
     ) -> io::Result<Server> {
-        if let Some(path) = config.unix.as_ref() {
-            let listener = accept::bind_unix(path, config.unix_mode)
-                .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
-            acceptor.listen_unix(listener, path.clone(), true, poll.registry(), UNIX_LISTENER)?;
+        match (inherited_unix, config.unix.as_ref()) {
+            (Some(listener), asked) => {
+                let path = listener
+                    .local_addr()?
+                    .as_pathname()
+                    .map(std::path::Path::to_path_buf)
+                    .unwrap_or_else(|| "(unnamed Unix socket)".into());
+                if asked.is_some_and(|asked| *asked != path) {
+                    log::warn!(
+                        "--unix does not apply: serving the Unix socket {} passed by the \
+                         service manager",
+                        path.display()
+                    );
+                }
+                acceptor.listen_unix(listener, path, false, poll.registry(), UNIX_LISTENER)?;
+            }
+            (None, Some(path)) => {
+                let listener = accept::bind_unix(path, config.unix_mode)
+                    .map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
+                acceptor.listen_unix(
+                    listener,
+                    path.clone(),
+                    true,
+                    poll.registry(),
+                    UNIX_LISTENER,
+                )?;
+            }
+            (None, None) => {}
         }
         let shutdown = Shutdown::new(poll.registry(), WAKER, SIGNALS, config.shutdown_timeout)?;
         if config.proxy_protocol && config.proxy_from.is_empty() {
@@ -135,15 +178,16 @@ impl Server {
             ),
             None => None,
         };
-        let udp = match config.udp {
+        let udp = match (inherited_udp, config.udp) {
+            (Some(socket), _) => Some(UdpEcho::serve(socket, &config, poll.registry(), UDP)?),
             // The same address and port as the listener, whose real port is known now.
-            true => Some(UdpEcho::bind(
+            (None, true) => Some(UdpEcho::bind(
                 acceptor.local_addr(),
                 &config,
                 poll.registry(),
                 UDP,
             )?),
-            false => None,
+            (None, false) => None,
         };
         Ok(Server {
             poll,

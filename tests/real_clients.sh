@@ -8,11 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in telnet expect nc systemd-socket-activate; do
+for tool in telnet expect nc socat systemd-socket-activate; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
-    echo "real_clients.sh: missing ${missing[*]}; install with: apt-get install -y telnet expect netcat-openbsd systemd" >&2
+    echo "real_clients.sh: missing ${missing[*]}; install with: apt-get install -y telnet expect netcat-openbsd socat systemd" >&2
     exit 1
 fi
 
@@ -165,10 +165,64 @@ EXPECT
     return "$ok"
 }
 
+# --udp and --unix, through nc and socat: a datagram back whole to each, lines and a
+# half-closed tail over the Unix socket.
+udp_and_unix() {
+    local other_port=$((port + 3)) other_log dir ok=0 got
+    other_log="$(mktemp)"; dir="$(mktemp -d)"
+    ./target/release/kv_server --bind 127.0.0.1 --port "$other_port" --udp \
+        --unix "$dir/kv.sock" 2>"$other_log" &
+    local server_pid=$!
+    wait_for_line "$other_log" "Echoing datagrams"
+    got="$(printf 'a datagram through nc' | nc -u -w1 127.0.0.1 "$other_port")"
+    [[ "$got" == "a datagram through nc" ]] || { echo "nc -u got: '$got'"; ok=1; }
+    got="$(printf 'and through socat' | socat -t1 - "UDP:127.0.0.1:$other_port")"
+    [[ "$got" == "and through socat" ]] || { echo "socat UDP got: '$got'"; ok=1; }
+    got="$(printf 'over unix\r\ntail' | socat -t5 - "UNIX-CONNECT:$dir/kv.sock" | od -An -c | tr -s ' ')"
+    [[ "$got" == "$(printf 'over unix\r\ntail' | od -An -c | tr -s ' ')" ]] || { echo "socat UNIX got: $got"; ok=1; }
+    kill -TERM "$server_pid"
+    wait "$server_pid" || { echo "the server did not exit cleanly"; ok=1; }
+    [[ ! -e "$dir/kv.sock" ]] || { echo "the socket file outlived the server"; ok=1; }
+    rm -rf "$other_log" "$dir"
+    return "$ok"
+}
+
+# The three kinds at once from a service manager, as one .socket unit with ListenStream,
+# ListenDatagram and a ListenStream path passes them: systemd-socket-activate makes
+# datagram sockets only with -d, for all it listens on, so one activator holds the UDP
+# socket and passes it through a second, which holds the TCP and Unix listeners and execs
+# the server on the first connection.
+three_kinds_activated() {
+    local activated_port=$((port + 4)) activation_log dir ok=0 got
+    activation_log="$(mktemp)"; dir="$(mktemp -d)"
+    systemd-socket-activate -d -l "127.0.0.1:$activated_port" --fdname=udp -- \
+        systemd-socket-activate -l "127.0.0.1:$activated_port" -l "$dir/kv.sock" \
+        --fdname=tcp:unix -- ./target/release/kv_server 2>"$activation_log" &
+    local activated=$!
+    wait_for_line "$activation_log" "Listening on"
+    # The first datagram starts the outer activator; it waits in the socket meanwhile.
+    printf 'queued datagram' | socat -u - "UDP:127.0.0.1:$activated_port"
+    wait_for_line "$activation_log" "Listening on $dir/kv.sock"
+    got="$(printf 'first client\n' | nc -N -w 5 127.0.0.1 "$activated_port")"
+    [[ "$got" == "first client" ]] || { echo "nc got: '$got'"; ok=1; }
+    got="$(printf 'over unix\n' | socat -t5 - "UNIX-CONNECT:$dir/kv.sock")"
+    [[ "$got" == "over unix" ]] || { echo "socat UNIX got: '$got'"; ok=1; }
+    got="$(printf 'a datagram' | nc -u -w1 127.0.0.1 "$activated_port")"
+    [[ "$got" == "a datagram" ]] || { echo "nc -u got: '$got'"; ok=1; }
+    grep -q "with a UDP socket and a Unix listener" "$activation_log" || {
+        echo "no start-up line naming the three sockets:"; cat "$activation_log"; ok=1; }
+    kill -TERM "$activated" 2>/dev/null
+    wait "$activated" || { echo "the socket-activated server did not exit cleanly"; ok=1; }
+    rm -rf "$activation_log" "$dir"
+    return "$ok"
+}
+
 check "two telnet sessions at once, each echoed" two_telnets
 check "nc: lines, CRLF and a half-closed tail" netcat_lines
 check "nc: 20 MB of lines, then half-close, all back" netcat_bulk
 check "systemd-socket-activate: started by nc's connection, then telnet" socket_activation
 check "--telnet: UTF-8 as typed, Ctrl-C then a line, Are You There, quit" telnet_mode
+check "--udp through nc -u and socat, --unix through socat, the file removed" udp_and_unix
+check "socket activation of a TCP, a UDP and a Unix socket at once" three_kinds_activated
 
 summary real_clients

@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
@@ -310,4 +311,77 @@ fn twenty_restarts_on_a_held_socket_refuse_nobody() {
     assert_eq!(tally.resets, 0, "{tally:?}");
     assert_eq!(tally.lost, 0, "{tally:?}");
     assert!(tally.echoed >= 1000, "{tally:?}");
+}
+
+/// A TCP listener, a UDP socket and a Unix listener passed at once: each served as if its
+/// flag had asked for it.
+#[test]
+fn a_tcp_listener_a_udp_socket_and_a_unix_listener_are_served_together() {
+    let dir = std::env::temp_dir().join(format!("kv_server_activated_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kv.sock");
+    let _ = std::fs::remove_file(&path);
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let udp = UdpSocket::bind(tcp.local_addr().unwrap()).unwrap();
+    let unix = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let command = common::socket_activated_many(
+        &[tcp.as_raw_fd(), udp.as_raw_fd(), unix.as_raw_fd()],
+        "kv:kv:kv",
+        &[],
+    );
+    let server = ServerProcess::spawn(command);
+    assert_eq!(server.port, tcp.local_addr().unwrap().port());
+    assert!(
+        server
+            .startup_log
+            .iter()
+            .any(|line| line.contains("with a UDP socket and a Unix listener")),
+        "{:?}",
+        server.startup_log
+    );
+    assert_echo(&mut common::connect(server.addr()), b"over tcp\n");
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    client.send_to(b"a datagram", server.addr()).unwrap();
+    let mut back = [0u8; 64];
+    let (len, _) = client.recv_from(&mut back).unwrap();
+    assert_eq!(&back[..len], b"a datagram");
+    let mut local = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    local.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    local.write_all(b"over unix\n").unwrap();
+    let mut echoed = [0u8; 10];
+    local.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"over unix\n");
+    drop(server);
+    // The service manager's socket file is its own: left in place.
+    assert!(path.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn two_of_a_kind_or_no_tcp_listener_is_a_clear_error() {
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let error = refuses(common::socket_activated_many(&[udp.as_raw_fd()], "", &[]));
+    assert!(
+        error.contains("a UDP socket (descriptor 3) but no listening TCP socket"),
+        "{error}"
+    );
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let error = refuses(common::socket_activated_many(
+        &[tcp.as_raw_fd(), udp.as_raw_fd(), other.as_raw_fd()],
+        "web:echo-udp:other-udp",
+        &[],
+    ));
+    assert!(error.contains("with 2 UDP sockets among them"), "{error}");
+    let file = std::fs::File::open("Cargo.toml").unwrap();
+    let error = refuses(common::socket_activated_many(
+        &[tcp.as_raw_fd(), file.as_raw_fd()],
+        "web:config",
+        &[],
+    ));
+    assert!(
+        error.contains("descriptor 4 (\"config\")") && error.contains("a regular file"),
+        "{error}"
+    );
 }

@@ -415,6 +415,41 @@ pub fn socket_activated_as(
     command
 }
 
+/// The binary started under socket activation with each of `fds` passed, as descriptors
+/// 3, 4, ... in order, with `LISTEN_FDS` and `LISTEN_FDNAMES` (`names`) set to match.
+pub fn socket_activated_many(fds: &[std::os::fd::RawFd], names: &str, args: &[&str]) -> Command {
+    use std::os::unix::process::CommandExt;
+    let fds = fds.to_vec();
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", r#"LISTEN_PID=$$ exec "$0" "$@""#])
+        .arg(env!("CARGO_BIN_EXE_kv_server"))
+        .args(args)
+        .env("LISTEN_FDS", fds.len().to_string())
+        .env("LISTEN_FDNAMES", names);
+    // SAFETY: dup and dup2 are async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        command.pre_exec(move || {
+            // Copies first, above the targets, so that no target overwrites a source.
+            let mut copies = Vec::with_capacity(fds.len());
+            for &fd in &fds {
+                let copy = libc::fcntl(fd, libc::F_DUPFD, 100);
+                if copy < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                copies.push(copy);
+            }
+            for (i, &copy) in copies.iter().enumerate() {
+                if libc::dup2(copy, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command
+}
+
 /// Whether an outside tool from Debian's packages is installed; when it is not, a test
 /// that needs it says so and skips, except under CI, which installs it (then it fails).
 pub fn tool_installed(name: &str, package: &str) -> bool {
