@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use client::Client;
+use client::{Client, Stream};
 use histogram::Histogram;
 use kv_testkit::proc;
 use mio::net::TcpStream;
@@ -33,6 +33,9 @@ struct Args {
     /// Server address
     #[arg(long, default_value = "127.0.0.1:4040")]
     addr: SocketAddr,
+    /// Connect to the server's Unix stream socket at this path instead of --addr
+    #[arg(long, value_name = "PATH")]
+    unix: Option<std::path::PathBuf>,
     /// Connections to open
     #[arg(short, long, default_value_t = 50)]
     connections: usize,
@@ -164,7 +167,11 @@ fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<
     let deadline = Instant::now() + CONNECT_LIMIT;
     while next_id < args.connections || connecting > 0 {
         while next_id < args.connections && connecting < args.connect_batch {
-            match TcpStream::connect(args.addr) {
+            let stream = match &args.unix {
+                Some(path) => mio::net::UnixStream::connect(path).map(Stream::Unix),
+                None => TcpStream::connect(args.addr).map(Stream::Tcp),
+            };
+            match stream {
                 Ok(mut stream) => {
                     poll.registry().register(
                         &mut stream,
@@ -197,14 +204,13 @@ fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<
             let failure = if event.is_error() || event.is_write_closed() {
                 Some(format!("{:?}", client.stream.take_error().ok().flatten()))
             } else if event.is_writable() {
-                match client.stream.peer_addr() {
-                    Ok(_) => {
+                match client.stream.is_connected() {
+                    Ok(true) => {
                         client.connected = true;
-                        let _ = client.stream.set_nodelay(true);
                         connecting -= 1;
                         None
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => None,
+                    Ok(false) => None,
                     Err(e) => Some(e.to_string()),
                 }
             } else {
