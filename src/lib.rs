@@ -23,6 +23,8 @@ mod access;
 mod budget;
 pub mod config;
 mod connection;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod idle;
 pub mod line;

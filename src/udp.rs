@@ -481,8 +481,8 @@ impl SourceRates {
         }
     }
 
-    #[cfg(test)]
-    fn tracked(&self) -> usize {
+    /// Sources tracked now.
+    pub fn tracked(&self) -> usize {
         self.buckets.len()
     }
 }

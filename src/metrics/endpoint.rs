@@ -60,7 +60,7 @@ struct Scraper {
     socket: TcpStream,
     peer: SocketAddr,
     /// What has arrived of the requests not yet answered.
-    input: Vec<u8>,
+    requests: Requests,
     /// Answers not yet taken by the socket; `output[sent..]` is still to go.
     output: Vec<u8>,
     sent: usize,
@@ -70,15 +70,13 @@ struct Scraper {
     closing: bool,
     /// The answer is out and our side is shut; waiting for the scraper's end of stream.
     write_shut: bool,
-    /// The scraper has sent its end of stream: answer what is here, then close.
-    read_closed: bool,
     /// Waits in the endpoint's queue of scrapers owed a turn.
     owed: bool,
 }
 
 /// What an answer is rendered from, taken when its request is complete: the server's
 /// snapshot and the process's figures.
-type Figures<'a> = dyn FnMut() -> (Snapshot, ProcessStats) + 'a;
+pub(crate) type Figures<'a> = dyn FnMut() -> (Snapshot, ProcessStats) + 'a;
 
 /// Where a scraper's turn left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +90,7 @@ enum Progress {
 }
 
 /// What one request gets.
-struct Answer {
+pub(crate) struct Answer {
     status: &'static str,
     content_type: &'static str,
     body: String,
@@ -161,13 +159,12 @@ impl MetricsEndpoint {
             entry.insert(Scraper {
                 socket,
                 peer,
-                input: Vec::new(),
+                requests: Requests::default(),
                 output: Vec::new(),
                 sent: 0,
                 deadline: now + self.timeout,
                 closing: false,
                 write_shut: false,
-                read_closed: false,
                 owed: false,
             });
         }
@@ -311,7 +308,7 @@ impl Scraper {
                 *answers_left -= 1;
                 continue;
             }
-            if self.read_closed {
+            if self.requests.read_closed {
                 return Ok(Progress::Done); // Everything it asked for is answered and sent.
             }
             if !self.read()? {
@@ -346,16 +343,15 @@ impl Scraper {
     /// the end of stream included.
     fn read(&mut self) -> io::Result<bool> {
         let mut chunk = [0u8; 4096];
-        let room = (MAX_REQUEST_BYTES + 1).saturating_sub(self.input.len());
-        let want = room.clamp(1, chunk.len());
+        let want = self.requests.room().clamp(1, chunk.len());
         loop {
             return match self.socket.read(&mut chunk[..want]) {
                 Ok(0) => {
-                    self.read_closed = true;
+                    self.requests.read_closed = true;
                     Ok(true)
                 }
                 Ok(n) => {
-                    self.input.extend_from_slice(&chunk[..n]);
+                    self.requests.input.extend_from_slice(&chunk[..n]);
                     Ok(true)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
@@ -380,11 +376,40 @@ impl Scraper {
         Ok(Progress::ShareSpent)
     }
 
-    /// Answers the first request in `input` if it is complete (or can never be: too large,
-    /// malformed, or cut short by the end of stream). True if it answered.
+    /// Answers the first request that has arrived, if it is complete (or can never be).
+    /// True if it answered.
     fn answer_one(&mut self, now: Instant, timeout: Duration, figures: &mut Figures<'_>) -> bool {
-        if self.input.is_empty() {
+        let Some(answer) = self.requests.next_answer(figures) else {
             return false;
+        };
+        self.closing = answer.close;
+        self.deadline = now + timeout;
+        answer.write_to(&mut self.output);
+        true
+    }
+}
+
+/// What has arrived of a scraper's requests, apart from its socket: how much the next read
+/// may take, and the answer to the first request once it is complete, or once it can never
+/// be (too large, malformed, cut short by the end of stream).
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    pub input: Vec<u8>,
+    /// The scraper has sent its end of stream: answer what is here, then close.
+    pub read_closed: bool,
+}
+
+impl Requests {
+    /// How much the next read may take: never more than takes the unanswered input one
+    /// byte past the request cap, which is then answered 400, whatever the split.
+    pub fn room(&self) -> usize {
+        (MAX_REQUEST_BYTES + 1).saturating_sub(self.input.len())
+    }
+
+    /// The answer to the first request, once there is one to give.
+    pub fn next_answer(&mut self, figures: &mut Figures<'_>) -> Option<Answer> {
+        if self.input.is_empty() {
+            return None;
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
@@ -401,7 +426,7 @@ impl Scraper {
                 Answer::error("400 Bad Request", "incomplete request\n"),
                 self.input.len(),
             ),
-            Ok(httparse::Status::Partial) => return false,
+            Ok(httparse::Status::Partial) => return None,
             Err(e) => (
                 Answer::error("400 Bad Request", &format!("malformed request: {e}\n")),
                 self.input.len(),
@@ -411,10 +436,7 @@ impl Scraper {
         if self.input.is_empty() {
             self.input = Vec::new();
         }
-        self.closing = answer.close;
-        self.deadline = now + timeout;
-        answer.write_to(&mut self.output);
-        true
+        Some(answer)
     }
 }
 
@@ -493,7 +515,7 @@ impl Answer {
         }
     }
 
-    fn write_to(&self, out: &mut Vec<u8>) {
+    pub fn write_to(&self, out: &mut Vec<u8>) {
         use std::io::Write as _;
         let _ = write!(
             out,
