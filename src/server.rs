@@ -387,6 +387,7 @@ impl Server {
             self.serve_datagrams(now);
         }
         self.connections.expire_idle(self.poll.registry(), now);
+        self.connections.return_freed_memory(now);
         if self.connections.len() == 0 {
             self.schedule.shrink_when_idle(SCHEDULE_KEYS_KEPT);
         }
@@ -414,6 +415,7 @@ impl Server {
             self.connections.next_idle_deadline(),
             self.connections.next_header_deadline(),
             self.connections.next_room_look(now),
+            self.connections.next_memory_return(),
             self.metrics
                 .as_ref()
                 .and_then(MetricsEndpoint::next_deadline),

@@ -319,6 +319,22 @@ impl ConnectionTable {
     }
 
     /// Closes every connection that has been quiet for the idle timeout at `now`.
+    /// Gives the memory of freed buffers back to the system once a crowd's are gone (see
+    /// [`BufferBudget::return_freed_memory`]).
+    pub fn return_freed_memory(&mut self, now: Instant) {
+        if self.budget.return_freed_memory(now) {
+            log::debug!(
+                "Buffers fell to {} bytes: freed memory given back to the system",
+                self.budget.used()
+            );
+        }
+    }
+
+    /// When freed memory is next due to go back to the system, if any waits.
+    pub fn next_memory_return(&self) -> Option<Instant> {
+        self.budget.next_return()
+    }
+
     pub fn expire_idle(&mut self, registry: &Registry, now: Instant) {
         let Some(timeout) = self.idle_timeout else {
             return;
