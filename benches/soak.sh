@@ -136,7 +136,9 @@ for _ in $(seq 100); do
 done
 echo
 echo "before: RSS $idle_rss KiB, $idle_fds descriptors"
-echo "after:  RSS $(awk '/VmRSS/ {print $2}' "/proc/$server/status") KiB, $(ls "/proc/$server/fd" | wc -l) descriptors, peak RSS $(awk '/VmHWM/ {print $2}' "/proc/$server/status") KiB"
+# (VmHWM lags: the kernel updates the peak only now and then, so the samples' highest is
+# the figure to read.)
+echo "after:  RSS $(awk '/VmRSS/ {print $2}' "/proc/$server/status") KiB, $(ls "/proc/$server/fd" | wc -l) descriptors; highest sampled RSS $(awk 'NR > 1 && $2 > max {max = $2} END {print max}' "$samples") KiB"
 for part in idle busy pipelined; do
     echo "$part: $(grep -E '^lines|errors' "$work/$part" | tr '\n' ' ')"
 done

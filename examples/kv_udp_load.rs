@@ -175,10 +175,23 @@ fn sender(args: &Args, n: usize, tally: &Tally, done: &AtomicBool) -> io::Result
 /// than the server, or it measures itself.
 const BATCH: usize = 64;
 
+/// One message header for each of `iovecs`, with no address (the socket is connected).
+/// The headers point into `iovecs`, which must outlive their use.
+fn message_headers(iovecs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iovecs
+        .iter_mut()
+        .map(|iovec| {
+            // SAFETY: mmsghdr is plain data, valid all zero.
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_iov = iovec;
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        })
+        .collect()
+}
+
 /// Sends every datagram with `sendmmsg` on the connected socket `fd`.
 fn send_many(fd: RawFd, datagrams: &[Vec<u8>]) -> io::Result<()> {
-    // SAFETY: iovec and mmsghdr are plain data; the pointers point into `datagrams`, which
-    // outlive the call and which the kernel only reads.
     let mut iovecs: Vec<libc::iovec> = datagrams
         .iter()
         .map(|d| libc::iovec {
@@ -186,15 +199,8 @@ fn send_many(fd: RawFd, datagrams: &[Vec<u8>]) -> io::Result<()> {
             iov_len: d.len(),
         })
         .collect();
-    let mut headers: Vec<libc::mmsghdr> = iovecs
-        .iter_mut()
-        .map(|iovec| {
-            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_iov = iovec;
-            header.msg_hdr.msg_iovlen = 1;
-            header
-        })
-        .collect();
+    // The kernel only reads through these pointers, into `datagrams`.
+    let mut headers = message_headers(&mut iovecs);
     let mut start = 0;
     while start < headers.len() {
         // SAFETY: headers[start..] are set up above.
@@ -228,16 +234,7 @@ fn receive_many(fd: RawFd, buffers: &mut [Vec<u8>]) -> io::Result<Vec<usize>> {
             iov_len: b.len(),
         })
         .collect();
-    let mut headers: Vec<libc::mmsghdr> = iovecs
-        .iter_mut()
-        .map(|iovec| {
-            // SAFETY: plain data, valid all zero.
-            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_iov = iovec;
-            header.msg_hdr.msg_iovlen = 1;
-            header
-        })
-        .collect();
+    let mut headers = message_headers(&mut iovecs);
     // SAFETY: the headers describe the buffers, which outlive the call.
     let received = unsafe {
         libc::recvmmsg(

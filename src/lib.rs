@@ -33,7 +33,8 @@ mod proxy;
 mod schedule;
 mod server;
 mod shutdown;
-mod stream;
+#[doc(hidden)]
+pub mod stream;
 mod table;
 mod telnet;
 mod udp;

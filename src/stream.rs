@@ -1,6 +1,8 @@
 //! A client's socket and who is at the other end of it, over TCP or a Unix stream socket
 //! (`--unix`). The connection, the table and the acceptor handle both alike through these
-//! two types; only what differs (addresses, TCP options) asks which one it is.
+//! two types; only what differs (addresses, TCP options) asks which one it is. The load
+//! generator (`examples/kv_load`) connects through [`Stream`] too; nothing else outside
+//! the crate uses this module.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -14,7 +16,7 @@ use mio::{Interest, Registry, Token};
 
 /// A connected stream socket.
 #[derive(Debug)]
-pub(crate) enum Stream {
+pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }
@@ -24,6 +26,27 @@ impl Stream {
         match self {
             Stream::Tcp(socket) => socket.shutdown(how),
             Stream::Unix(socket) => socket.shutdown(how),
+        }
+    }
+
+    /// The pending error of a socket whose connection attempt may have failed.
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Stream::Tcp(socket) => socket.take_error(),
+            Stream::Unix(socket) => socket.take_error(),
+        }
+    }
+
+    /// Whether a connection attempt has completed: the peer's address is known.
+    pub fn is_connected(&self) -> io::Result<bool> {
+        let connected = match self {
+            Stream::Tcp(socket) => socket.peer_addr().map(|_| ()),
+            Stream::Unix(socket) => socket.peer_addr().map(|_| ()),
+        };
+        match connected {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

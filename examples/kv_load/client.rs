@@ -5,96 +5,9 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
-use mio::event::Source;
-use mio::net::{TcpStream, UnixStream};
-use mio::{Interest, Registry, Token};
+use kv_server::stream::Stream;
 
 use crate::histogram::Histogram;
-
-/// A connection to the server, over TCP or a Unix stream socket (`--unix`).
-pub enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-impl Stream {
-    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
-        match self {
-            Stream::Tcp(s) => s.take_error(),
-            Stream::Unix(s) => s.take_error(),
-        }
-    }
-
-    /// Whether the connection is established; TCP's also gets `TCP_NODELAY` then.
-    pub fn is_connected(&self) -> io::Result<bool> {
-        let connected = match self {
-            Stream::Tcp(s) => s.peer_addr().map(|_| ()),
-            Stream::Unix(s) => s.peer_addr().map(|_| ()),
-        };
-        match connected {
-            Ok(()) => {
-                if let Stream::Tcp(s) = self {
-                    let _ = s.set_nodelay(true);
-                }
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-impl Read for Stream {
-    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buffer),
-            Stream::Unix(s) => s.read(buffer),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(bytes),
-            Stream::Unix(s) => s.write(bytes),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Source for Stream {
-    fn register(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.register(registry, token, interest),
-            Stream::Unix(s) => s.register(registry, token, interest),
-        }
-    }
-    fn reregister(
-        &mut self,
-        registry: &Registry,
-        token: Token,
-        interest: Interest,
-    ) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.reregister(registry, token, interest),
-            Stream::Unix(s) => s.reregister(registry, token, interest),
-        }
-    }
-    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.deregister(registry),
-            Stream::Unix(s) => s.deregister(registry),
-        }
-    }
-}
 
 pub struct Client {
     pub stream: Stream,

@@ -20,8 +20,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use client::{Client, Stream};
+use client::Client;
 use histogram::Histogram;
+use kv_server::stream::Stream;
 use kv_testkit::proc;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -206,6 +207,9 @@ fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<
             } else if event.is_writable() {
                 match client.stream.is_connected() {
                     Ok(true) => {
+                        if let Some(tcp) = client.stream.as_tcp() {
+                            let _ = tcp.set_nodelay(true);
+                        }
                         client.connected = true;
                         connecting -= 1;
                         None
