@@ -11,9 +11,12 @@
 //! datagram the socket's send buffer has no room for is dropped, as the network would.
 //!
 //! Datagrams are taken in batches with `recvmmsg` and their echoes sent with `sendmmsg`:
-//! two system calls for up to [`BATCH`] datagrams, where one at a time takes two for each
-//! (measured in the README). Each slot of the batch holds the largest datagram; the slots'
-//! pages are touched only as far as datagrams fill them.
+//! two system calls for up to [`BATCH`] datagrams, where one at a time takes two for each.
+//! A run of equal-sized echoes to one sender goes as one segmented send (UDP GSO), which
+//! the kernel cuts into the datagrams: one pass through the stack for the run. On loopback
+//! that took the server's CPU per datagram from 2.6 to 2.0 us (the README has the runs).
+//! Each slot of the batch holds the largest datagram; the slots' pages are touched only as
+//! far as datagrams fill them.
 
 use std::collections::HashMap;
 use std::io;
@@ -88,6 +91,9 @@ pub(crate) struct UdpEcho {
     /// The socket may hold datagrams no readiness edge will announce: the turn's share
     /// ran out before it was empty.
     more_waiting: bool,
+    /// Runs of answers to one sender go out as one segmented send (UDP GSO), until the
+    /// kernel says it cannot.
+    segmentation: bool,
     counts: UdpCounts,
 }
 
@@ -128,6 +134,7 @@ impl UdpEcho {
             rates: (config.udp_rate_per_source > 0)
                 .then(|| SourceRates::new(config.udp_rate_per_source, MAX_TRACKED_SOURCES)),
             more_waiting: false,
+            segmentation: true,
             counts: UdpCounts::default(),
         })
     }
@@ -171,7 +178,7 @@ impl UdpEcho {
                 Err(e) if is_transient(&e) => continue,
                 Err(e) => return Err(e),
             };
-            let mut answers = [(0usize, 0usize); BATCH];
+            let mut answers = [(0usize, 0usize, UNSPECIFIED); BATCH];
             let mut kept = 0;
             for (slot, &(len, name_len)) in received.iter().enumerate() {
                 self.counts.received += 1;
@@ -183,12 +190,18 @@ impl UdpEcho {
                 match refusal(&self.rules, self.rates.as_mut(), source, now) {
                     Some(reason) => self.counts.dropped[reason as usize] += 1,
                     None => {
-                        answers[kept] = (slot, len);
+                        answers[kept] = (slot, len, source);
                         kept += 1;
                     }
                 }
             }
-            let outcome = send_batch(fd, &self.slots, &self.senders, &answers[..kept]);
+            let outcome = send_batch(
+                fd,
+                &self.slots,
+                &self.senders,
+                &answers[..kept],
+                &mut self.segmentation,
+            );
             self.counts.sent += outcome.sent as u64;
             self.counts.bytes_sent += outcome.bytes as u64;
             self.counts.dropped[Drop::SendBufferFull as usize] += outcome.no_room as u64;
@@ -258,58 +271,137 @@ struct Sent {
     failed: usize,
 }
 
-/// Sends each answer (a slot and its length) back to that slot's sender, with as few
-/// `sendmmsg` calls as errors allow.
+const UNSPECIFIED: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+/// `UDP_SEGMENT` (Linux 4.18): the segment size of a send that the kernel cuts into
+/// datagrams of that size (the last may be shorter). Not in the libc crate for glibc yet.
+const UDP_SEGMENT: libc::c_int = 103;
+/// Answers to one sender sent as one segmented send, at most.
+const MAX_SEGMENTS: usize = 32;
+/// Only datagrams this small are sent segmented: a segment must fit the path's MTU
+/// (1,500 bytes on most links, less IPv6's 48 bytes of headers).
+const MAX_SEGMENT_BYTES: usize = 1_400;
+
+/// Sends each answer (a slot, its length and its sender) back to its sender, with as few
+/// `sendmmsg` calls as errors allow. With `segmentation`, a run of equal-sized answers to
+/// one sender (the last may be shorter) goes as one message the kernel cuts into
+/// datagrams (UDP GSO): one pass through the stack for the run. A kernel without it turns
+/// `segmentation` off for good.
 fn send_batch(
     fd: std::os::fd::RawFd,
     slots: &[u8],
     senders: &[libc::sockaddr_storage],
-    answers: &[(usize, usize)],
+    answers: &[(usize, usize, SocketAddr)],
+    segmentation: &mut bool,
 ) -> Sent {
     let mut outcome = Sent::default();
-    // SAFETY: as in receive_batch; the kernel only reads through these pointers.
+    // Runs of answers: (first, count, segment size).
+    let mut runs = [(0usize, 0usize, 0usize); BATCH];
+    let mut run_count = 0;
+    let mut first = 0;
+    while first < answers.len() {
+        let (_, size, sender) = answers[first];
+        let mut count = 1;
+        if *segmentation && size <= MAX_SEGMENT_BYTES {
+            while first + count < answers.len() && count < MAX_SEGMENTS {
+                let (_, next_size, next_sender) = answers[first + count];
+                if next_sender != sender || next_size > size || next_size == 0 {
+                    break;
+                }
+                count += 1;
+                if next_size < size {
+                    break; // A shorter datagram can only be the last segment.
+                }
+            }
+        }
+        runs[run_count] = (first, count, size);
+        run_count += 1;
+        first += count;
+    }
+    // SAFETY: as in receive_batch; the kernel only reads through these pointers, which
+    // point into `slots`, `senders` and the arrays here, all alive across the calls.
     let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
     let mut headers: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-    for (i, &(slot, len)) in answers.iter().enumerate() {
+    let mut controls = [[0u64; 4]; BATCH];
+    for (i, &(slot, len, _)) in answers.iter().enumerate() {
         iovecs[i] = libc::iovec {
             iov_base: slots[slot * SLOT..].as_ptr() as *mut libc::c_void,
             iov_len: len,
         };
-        let sender = &senders[slot];
-        headers[i].msg_hdr.msg_name = (sender as *const libc::sockaddr_storage) as *mut _;
-        headers[i].msg_hdr.msg_namelen = match i32::from(sender.ss_family) {
+    }
+    for (r, &(first, count, size)) in runs[..run_count].iter().enumerate() {
+        let sender = &senders[answers[first].0];
+        let header = &mut headers[r].msg_hdr;
+        header.msg_name = (sender as *const libc::sockaddr_storage) as *mut _;
+        header.msg_namelen = match i32::from(sender.ss_family) {
             libc::AF_INET6 => std::mem::size_of::<libc::sockaddr_in6>(),
             _ => std::mem::size_of::<libc::sockaddr_in>(),
         } as libc::socklen_t;
-        headers[i].msg_hdr.msg_iov = &mut iovecs[i];
-        headers[i].msg_hdr.msg_iovlen = 1;
+        header.msg_iov = &mut iovecs[first];
+        header.msg_iovlen = count;
+        if count > 1 {
+            header.msg_control = controls[r].as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE of a u16 fits the 32 bytes of `controls[r]`; the
+            // header pointer is the buffer's start, aligned for cmsghdr.
+            unsafe {
+                header.msg_controllen = libc::CMSG_SPACE(2) as usize;
+                let cmsg = libc::CMSG_FIRSTHDR(header);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(2) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<u16>(), size as u16);
+            }
+        }
     }
+    let run_bytes = |&(first, count, _): &(usize, usize, usize)| -> usize {
+        answers[first..first + count].iter().map(|a| a.1).sum()
+    };
     let mut start = 0;
-    while start < answers.len() {
-        // SAFETY: headers[start..answers.len()] are set up above.
+    while start < run_count {
+        // SAFETY: headers[start..run_count] are set up above.
         let sent = unsafe {
             libc::sendmmsg(
                 fd,
                 headers[start..].as_mut_ptr(),
-                (answers.len() - start) as libc::c_uint,
+                (run_count - start) as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
         };
         if sent > 0 {
-            let sent = sent as usize;
-            outcome.sent += sent;
-            outcome.bytes += answers[start..start + sent]
-                .iter()
-                .map(|&(_, len)| len)
-                .sum::<usize>();
-            start += sent;
+            for run in &runs[start..start + sent as usize] {
+                outcome.sent += run.1;
+                outcome.bytes += run_bytes(run);
+            }
+            start += sent as usize;
             continue;
         }
+        let (first, count, _) = runs[start];
         match io::Error::last_os_error() {
             e if e.kind() == io::ErrorKind::Interrupted => {}
             e if e.kind() == io::ErrorKind::WouldBlock => {
-                outcome.no_room += answers.len() - start;
+                outcome.no_room += runs[start..run_count].iter().map(|r| r.1).sum::<usize>();
                 break;
+            }
+            // A segmented send the kernel or the route refuses: its answers go one by
+            // one, and a kernel without segmentation is not asked again.
+            e if count > 1 => {
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP | libc::EINVAL)
+                ) {
+                    *segmentation = false;
+                }
+                let single = send_batch(
+                    fd,
+                    slots,
+                    senders,
+                    &answers[first..first + count],
+                    &mut false,
+                );
+                outcome.sent += single.sent;
+                outcome.bytes += single.bytes;
+                outcome.no_room += single.no_room;
+                outcome.failed += single.failed;
+                start += 1;
             }
             // This answer failed: the others may not.
             _ => {

@@ -164,3 +164,44 @@ fn a_source_over_its_rate_is_dropped_and_others_are_served() {
     assert!(answered.windows(2).all(|w| w[0] < w[1]), "{answered:?}");
     assert_eq!(answered[..20], (0..20).collect::<Vec<_>>()[..]);
 }
+
+/// A burst from one sender, answered in runs sent segmented (UDP GSO): each datagram comes
+/// back on its own, whole and in order, whatever the sizes (equal ones, a shorter one
+/// ending a run, a larger one starting the next, one over the segmented size).
+#[test]
+fn a_burst_from_one_sender_comes_back_datagram_by_datagram() {
+    let server = udp_server(0);
+    let udp = server.udp.unwrap();
+    let socket = client("127.0.0.1:0");
+    let sizes: Vec<usize> = (0..120)
+        .map(|n| match n % 12 {
+            0..=5 => 300,
+            6 => 120,
+            7..=9 => 1_000,
+            10 => 9_000,
+            _ => 1,
+        })
+        .collect();
+    let sent: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(n, &size)| {
+            let mut datagram = kv_testkit::pattern(size, n as u64);
+            datagram[0] = n as u8;
+            datagram
+        })
+        .collect();
+    for datagram in &sent {
+        socket.send_to(datagram, udp).unwrap();
+    }
+    let mut back = vec![0u8; 65_536];
+    for (n, datagram) in sent.iter().enumerate() {
+        let (len, _) = socket.recv_from(&mut back).unwrap();
+        assert_eq!(
+            &back[..len],
+            &datagram[..],
+            "datagram {n} of {} bytes",
+            datagram.len()
+        );
+    }
+}
