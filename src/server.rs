@@ -25,7 +25,7 @@ use crate::metrics::endpoint::MetricsEndpoint;
 use crate::metrics::{CloseReason, Snapshot, Traffic, TurnTimes};
 use crate::schedule::{self, Schedule};
 use crate::shutdown::{ServiceManager, Shutdown, ShutdownHandle, Stopped};
-use crate::stream::{Peer, Stream};
+use crate::stream::{Peer, Stream, Transport};
 use crate::table::{ConnectionTable, Ending, TurnParts};
 use crate::udp::UdpEcho;
 
@@ -466,7 +466,13 @@ impl Server {
             connection.begin_drain();
         }
         if self.config.telnet {
-            if let Err(e) = connection.speak_telnet(&mut self.traffic) {
+            let sent_before = self.traffic.bytes_sent;
+            let unix = connection.peer().transport() == Transport::Unix;
+            let spoken = connection.speak_telnet(&mut self.traffic);
+            if unix {
+                self.traffic.unix_bytes_sent += self.traffic.bytes_sent - sent_before;
+            }
+            if let Err(e) = spoken {
                 self.connections
                     .close(self.poll.registry(), key, Ending::Fault(Fault::Io(e)));
             }
@@ -491,6 +497,8 @@ impl Server {
             return 0; // A stale event for a connection closed earlier in this turn.
         };
         let work_before = schedule::work_done(&self.traffic);
+        let unix = connection.peer().transport() == Transport::Unix;
+        let bytes_before = (self.traffic.bytes_received, self.traffic.bytes_sent);
         let mut turn = Turn {
             read_buffer: &mut self.read_buffer,
             scratch: &mut self.scratch,
@@ -543,6 +551,11 @@ impl Server {
         }
         self.connections
             .enforce_budget(registry, key, room_wanted, now);
+        if unix {
+            // Counted apart by the service, not by each read: TCP's path pays nothing.
+            self.traffic.unix_bytes_received += self.traffic.bytes_received - bytes_before.0;
+            self.traffic.unix_bytes_sent += self.traffic.bytes_sent - bytes_before.1;
+        }
         (schedule::work_done(&self.traffic) - work_before) as usize
     }
 

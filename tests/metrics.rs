@@ -57,8 +57,12 @@ fn counters_are_exact_after_a_scripted_workload() {
         m["kv_server_connections_accepted_total{transport=\"tcp\"}"],
         clients as f64
     );
-    assert_eq!(m["kv_server_bytes_received_total"], bytes);
-    assert_eq!(m["kv_server_bytes_sent_total"], bytes);
+    assert_eq!(
+        m["kv_server_bytes_received_total{transport=\"tcp\"}"],
+        bytes
+    );
+    assert_eq!(m["kv_server_bytes_sent_total{transport=\"tcp\"}"], bytes);
+    assert_eq!(m["kv_server_bytes_received_total{transport=\"unix\"}"], 0.0);
     assert_eq!(
         m["kv_server_connections_closed_total{reason=\"client_closed\"}"],
         clients as f64
@@ -486,7 +490,7 @@ fn curl_scrapes_what_promtool_accepts() {
     );
     let text = String::from_utf8(scraped.stdout).unwrap();
     assert!(
-        text.contains("kv_server_bytes_received_total 19\n"),
+        text.contains("kv_server_bytes_received_total{transport=\"tcp\"} 19\n"),
         "{text}"
     );
     let mut promtool = Command::new("promtool")

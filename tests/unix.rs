@@ -84,6 +84,20 @@ fn lines_and_a_half_closed_tail_come_back_byte_exact_beside_tcp() {
         metrics["kv_server_connections_accepted_total{transport=\"tcp\"}"],
         1.0
     );
+    // Over the Unix socket: two lines (20 and 21 bytes) and a 22-byte tail, each way.
+    let unix_bytes = 63.0;
+    assert_eq!(
+        metrics["kv_server_bytes_received_total{transport=\"unix\"}"],
+        unix_bytes
+    );
+    assert_eq!(
+        metrics["kv_server_bytes_sent_total{transport=\"unix\"}"],
+        unix_bytes
+    );
+    assert_eq!(
+        metrics["kv_server_bytes_received_total{transport=\"tcp\"}"],
+        14.0
+    );
 }
 
 #[test]

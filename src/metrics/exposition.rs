@@ -167,13 +167,19 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
     );
     e.counter(
         "kv_server_bytes_received",
-        "Bytes read from clients.",
-        &[(None, traffic.bytes_received as f64)],
+        "Bytes read from clients, by transport.",
+        &by_transport(&[
+            traffic.bytes_received - traffic.unix_bytes_received,
+            traffic.unix_bytes_received,
+        ]),
     );
     e.counter(
         "kv_server_bytes_sent",
-        "Bytes written to clients.",
-        &[(None, traffic.bytes_sent as f64)],
+        "Bytes written to clients, by transport.",
+        &by_transport(&[
+            traffic.bytes_sent - traffic.unix_bytes_sent,
+            traffic.unix_bytes_sent,
+        ]),
     );
     e.counter(
         "kv_server_long_lines",
@@ -308,6 +314,8 @@ mod tests {
                 bytes_sent: 10,
                 long_lines: 0,
                 telnet_commands: 0,
+                unix_bytes_received: 0,
+                unix_bytes_sent: 0,
             },
             buffers: BufferGauges::default(),
             turns: {

@@ -110,6 +110,10 @@ pub(crate) struct Traffic {
     pub long_lines: u64,
     /// Telnet commands and negotiations taken out of clients' input.
     pub telnet_commands: u64,
+    /// Of `bytes_received` and `bytes_sent`, those of connections over a Unix socket:
+    /// the rest are TCP's.
+    pub unix_bytes_received: u64,
+    pub unix_bytes_sent: u64,
 }
 
 /// Datagrams with `--udp`, counted by the datagram echo.
