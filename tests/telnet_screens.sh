@@ -144,29 +144,20 @@ session() {
 
 both_lines=("hello plain" "hello plain" "héllo wörld ✓" "héllo wörld ✓")
 
-plink_telnet() {
-    start_server --telnet
-    local ok=0
-    session "plink -telnet -P $port 127.0.0.1" "" no \
-        "${both_lines[@]}" "after interrupt" "after interrupt" || ok=1
-    stop_server
-    return "$ok"
-}
-
-inetutils_telnet() {
+# client_against CLIENT [SERVER OPTIONS...]: one client's session against a server started
+# with the options given; CLIENT is plink, inetutils or busybox.
+client_against() {
+    local client=$1 ok=0
+    shift
     start_server "$@"
-    local ok=0
-    session "telnet 127.0.0.1 $port" "Escape character is" yes \
-        "${both_lines[@]}" "half a line^Cafter interrupt" "after interrupt" || ok=1
-    stop_server
-    return "$ok"
-}
-
-busybox_telnet() {
-    start_server "$@"
-    local ok=0
-    session "busybox telnet 127.0.0.1 $port" "Connected to" no \
-        "${both_lines[@]}" "after interrupt" "after interrupt" || ok=1
+    case "$client" in
+        plink) session "plink -telnet -P $port 127.0.0.1" "" no \
+            "${both_lines[@]}" "after interrupt" "after interrupt" || ok=1 ;;
+        inetutils) session "telnet 127.0.0.1 $port" "Escape character is" yes \
+            "${both_lines[@]}" "half a line^Cafter interrupt" "after interrupt" || ok=1 ;;
+        busybox) session "busybox telnet 127.0.0.1 $port" "Connected to" no \
+            "${both_lines[@]}" "after interrupt" "after interrupt" || ok=1 ;;
+    esac
     stop_server
     return "$ok"
 }
@@ -191,10 +182,10 @@ plink_plain_hint() {
     return "$ok"
 }
 
-check "plink -telnet, --telnet: lines at column 0, UTF-8 intact" plink_telnet
-check "inetutils telnet, --telnet: no staircase, Ctrl-C drops the half line" inetutils_telnet --telnet
-check "busybox telnet, --telnet: lines at column 0, UTF-8 intact" busybox_telnet --telnet
-check "busybox telnet, plain echo" busybox_telnet
+check "plink -telnet, --telnet: lines at column 0, UTF-8 intact" client_against plink --telnet
+check "inetutils telnet, --telnet: no staircase, Ctrl-C drops the half line" client_against inetutils --telnet
+check "busybox telnet, --telnet: lines at column 0, UTF-8 intact" client_against busybox --telnet
+check "busybox telnet, plain echo" client_against busybox
 check "plink, plain echo: the log says --telnet would serve it" plink_plain_hint
 
 summary telnet_screens

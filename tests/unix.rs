@@ -156,18 +156,24 @@ fn a_stale_socket_file_is_replaced() {
     assert_echo(&mut connect(&dir.socket()), b"served at the old path\n");
 }
 
+/// Runs the binary with `--unix path`, expecting it to refuse to start: its stderr.
+fn refused_at(path: &std::path::Path) -> String {
+    let output = binary()
+        .args(["--port", "0", "--unix"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 #[test]
 fn a_live_socket_or_a_regular_file_is_refused_naming_the_path() {
     let dir = TempDir::new();
     let path = dir.socket();
     let live = UnixListener::bind(&path).unwrap();
-    let output = binary()
-        .args(["--port", "0", "--unix"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = refused_at(&path);
     assert!(
         stderr.contains(&*path.to_string_lossy()) && stderr.contains("listening there"),
         "{stderr}"
@@ -176,13 +182,7 @@ fn a_live_socket_or_a_regular_file_is_refused_naming_the_path() {
     drop(live);
     std::fs::remove_file(&path).unwrap();
     std::fs::write(&path, b"someone's data").unwrap();
-    let output = binary()
-        .args(["--port", "0", "--unix"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = refused_at(&path);
     assert!(stderr.contains("a regular file, not a socket"), "{stderr}");
     assert_eq!(std::fs::read(&path).unwrap(), b"someone's data");
 }
