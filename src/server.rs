@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
 use crate::handler::{Echo, LineHandler};
 use crate::metrics::endpoint::MetricsEndpoint;
-use crate::metrics::{CloseReason, Snapshot, Traffic, TurnTimes};
+use crate::metrics::{CloseReason, Snapshot, Traffic, TurnTimes, UdpCounts};
 use crate::schedule::{self, Schedule};
 use crate::shutdown::{ServiceManager, Shutdown, ShutdownHandle, Stopped};
 use crate::stream::{Peer, Stream, Transport};
@@ -587,24 +587,19 @@ impl Server {
         let (acceptor, connections) = (&self.acceptor, &self.connections);
         let (traffic, turns, started) = (self.traffic, self.turns, self.started);
         let udp = self.udp.as_ref().map(UdpEcho::counts);
-        let mut snapshot = || {
-            let mut snapshot = take_snapshot(acceptor, connections, traffic, turns, started);
-            snapshot.udp = udp;
-            snapshot
-        };
+        let mut snapshot = || take_snapshot(acceptor, connections, traffic, turns, started, udp);
         serve(metrics, self.poll.registry(), &mut snapshot);
     }
 
     fn snapshot(&self) -> Snapshot {
-        let mut snapshot = take_snapshot(
+        take_snapshot(
             &self.acceptor,
             &self.connections,
             self.traffic,
             self.turns,
             self.started,
-        );
-        snapshot.udp = self.udp.as_ref().map(UdpEcho::counts);
-        snapshot
+            self.udp.as_ref().map(UdpEcho::counts),
+        )
     }
 
     /// Stops accepting and starts draining every connection.
@@ -686,6 +681,7 @@ fn take_snapshot(
     traffic: Traffic,
     turns: TurnTimes,
     start_time: std::time::SystemTime,
+    udp: Option<UdpCounts>,
 ) -> Snapshot {
     Snapshot {
         accepts: acceptor.counts(),
@@ -695,6 +691,6 @@ fn take_snapshot(
         buffers: connections.buffer_gauges(),
         turns,
         start_time,
-        udp: None,
+        udp,
     }
 }

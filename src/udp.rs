@@ -170,7 +170,7 @@ impl UdpEcho {
         let fd = socket.as_raw_fd();
         let mut spent = 0;
         while spent < TURN_SHARE {
-            let received = match receive_batch(fd, &mut self.slots, &mut self.senders) {
+            let (count, received) = match receive_batch(fd, &mut self.slots, &mut self.senders) {
                 Ok(received) => received,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -180,7 +180,7 @@ impl UdpEcho {
             };
             let mut answers = [(0usize, 0usize, UNSPECIFIED); BATCH];
             let mut kept = 0;
-            for (slot, &(len, name_len)) in received.iter().enumerate() {
+            for (slot, &(len, name_len)) in received[..count].iter().enumerate() {
                 self.counts.received += 1;
                 self.counts.bytes_received += len as u64;
                 spent += 2 * len + SERVICE_COST;
@@ -206,7 +206,7 @@ impl UdpEcho {
             self.counts.bytes_sent += outcome.bytes as u64;
             self.counts.dropped[Drop::SendBufferFull as usize] += outcome.no_room as u64;
             self.counts.dropped[Drop::SendError as usize] += outcome.failed as u64;
-            if received.len() < BATCH {
+            if count < BATCH {
                 // The socket had no more: the next datagram brings a fresh edge.
                 return Ok(());
             }
@@ -216,13 +216,16 @@ impl UdpEcho {
     }
 }
 
-/// Takes up to [`BATCH`] datagrams into the slots with one `recvmmsg`: each one's length
-/// and the length of its sender's address.
+/// Each received datagram's length, and the length of its sender's address.
+type Received = [(usize, libc::socklen_t); BATCH];
+
+/// Takes up to [`BATCH`] datagrams into the slots with one `recvmmsg`: how many came, and
+/// for each its length and the length of its sender's address (no allocation per batch).
 fn receive_batch(
     fd: std::os::fd::RawFd,
     slots: &mut [u8],
     senders: &mut [libc::sockaddr_storage],
-) -> io::Result<Vec<(usize, libc::socklen_t)>> {
+) -> io::Result<(usize, Received)> {
     // SAFETY: iovec and mmsghdr are plain data; every pointer set below points into
     // `slots` and `senders`, which outlive the call, with the lengths they have.
     let mut iovecs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
@@ -254,10 +257,11 @@ fn receive_batch(
     if received < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(headers[..received as usize]
-        .iter()
-        .map(|header| (header.msg_len as usize, header.msg_hdr.msg_namelen))
-        .collect())
+    let mut lengths = [(0, 0); BATCH];
+    for (length, header) in lengths.iter_mut().zip(&headers[..received as usize]) {
+        *length = (header.msg_len as usize, header.msg_hdr.msg_namelen);
+    }
+    Ok((received as usize, lengths))
 }
 
 /// What one batch of answers came to.
