@@ -10,11 +10,11 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::connection::proxy::{self, Header, HeaderReader};
+use crate::connection::telnet::{self, Piece, SubnegotiationTooLong, Telnet};
 use crate::line;
 use crate::metrics::endpoint::Requests;
 use crate::metrics::{Snapshot, Traffic};
-use crate::proxy::{self, Header};
-use crate::telnet::{self, Piece, SubnegotiationTooLong, Telnet};
 use crate::udp::SourceRates;
 
 /// Cut points in `0..=len`, sorted, drawn from `seed`: at most `count`.
@@ -93,36 +93,25 @@ fn summary(header: &Header) -> String {
     }
 }
 
-/// Gathers reads as `Connection::take_header` does, to the first answer that is not
-/// incomplete.
+/// Gathers reads as a connection's header layer does, to the first answer that is not
+/// incomplete; a complete header's length is counted from the start of the stream.
 fn gather_header(reads: &[&[u8]]) -> Header {
-    let mut bytes: Vec<u8> = Vec::new();
+    let mut reader = HeaderReader::default();
+    let mut before = 0;
     for arrived in reads {
-        let before = bytes.len();
-        let parsed = if before == 0 {
-            proxy::parse(arrived)
-        } else {
-            let take = arrived
-                .len()
-                .min(proxy::MAX_HEADER_BYTES.saturating_sub(before));
-            bytes.extend_from_slice(&arrived[..take]);
-            proxy::parse(&bytes)
-        };
-        match parsed {
-            Header::Incomplete => {
-                if before == 0 {
-                    let take = arrived.len().min(proxy::MAX_HEADER_BYTES);
-                    bytes.extend_from_slice(&arrived[..take]);
-                }
-            }
+        match reader.take(arrived) {
+            Header::Incomplete => before += arrived.len(),
             Header::Complete {
                 len,
                 client,
                 version,
             } => {
-                assert!(len > before, "a header that ended before this read");
+                assert!(
+                    len > 0 && len <= arrived.len(),
+                    "a header that ended outside this read"
+                );
                 return Header::Complete {
-                    len,
+                    len: before + len,
                     client,
                     version,
                 };

@@ -29,14 +29,12 @@ mod handler;
 mod idle;
 pub mod line;
 mod metrics;
-mod proxy;
 mod schedule;
 mod server;
 mod shutdown;
 #[doc(hidden)]
 pub mod stream;
 mod table;
-mod telnet;
 mod udp;
 mod warning;
 

@@ -1,16 +1,24 @@
 //! The PROXY protocol header that a load balancer (HAProxy's `send-proxy`/`send-proxy-v2`,
 //! nginx's `proxy_protocol on`, cloud balancers) puts at the start of each connection to
-//! say who the client is. Pure functions over bytes, no sockets, like `line.rs`.
+//! say who the client is: the lowest of a connection's byte layers, present from accept
+//! until the header has come, then gone.
 //!
-//! The parsing itself is the `ppp` crate's; this module adds what a server must decide on
-//! top of it: how long a header may be (a v1 line is at most 107 bytes; a v2 header's
-//! declared length is capped), that bytes which cannot begin a header are rejected at once
-//! rather than waited on, and which address a connection is then served under.
+//! The parsing itself is the `ppp` crate's, in pure functions over bytes; this module adds
+//! what a server must decide on top of it: how long a header may be (a v1 line is at most
+//! 107 bytes; a v2 header's declared length is capped), that bytes which cannot begin a
+//! header are rejected at once rather than waited on, how a header split across reads is
+//! gathered ([`HeaderReader`]), and which address a connection is then served under, by the
+//! access rules and the per-address limit ([`HeaderLayer`]).
 
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use ppp::v1;
 use ppp::v2;
+
+use super::Fault;
+use crate::access::{AccessRules, AddressLimit};
+use crate::stream::Peer;
 
 /// The longest v1 header: "PROXY TCP6 " + two full IPv6 addresses + two ports + CRLF.
 pub(crate) const V1_MAX_BYTES: usize = 107;
@@ -113,6 +121,111 @@ fn parse_v1(bytes: &[u8]) -> Header {
             }
         }
         Err(e) => Header::Invalid(format!("invalid v1 header: {e}")),
+    }
+}
+
+/// A header arriving over several reads: keeps what came of it, at most
+/// [`MAX_HEADER_BYTES`], and nothing once it is whole.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderReader {
+    bytes: Vec<u8>,
+}
+
+impl HeaderReader {
+    /// Reads on with the bytes of one more read. A complete header's `len` is how much of
+    /// `arrived` it took: the client's own bytes start there.
+    pub(crate) fn take(&mut self, arrived: &[u8]) -> Header {
+        let before = self.bytes.len();
+        let parsed = if before == 0 {
+            // Most headers come whole in the first read: parsed in place, never copied.
+            parse(arrived)
+        } else {
+            let take = arrived.len().min(MAX_HEADER_BYTES.saturating_sub(before));
+            self.bytes.extend_from_slice(&arrived[..take]);
+            parse(&self.bytes)
+        };
+        match parsed {
+            Header::Incomplete => {
+                if before == 0 {
+                    let take = arrived.len().min(MAX_HEADER_BYTES);
+                    self.bytes.extend_from_slice(&arrived[..take]);
+                }
+                Header::Incomplete
+            }
+            Header::Complete {
+                len,
+                client,
+                version,
+            } => Header::Complete {
+                len: len - before,
+                client,
+                version,
+            },
+            invalid => invalid,
+        }
+    }
+}
+
+/// The layer a connection from a `--proxy-from` source starts with: until its header has
+/// come, nothing of the connection is answered.
+pub(crate) struct HeaderLayer {
+    reader: HeaderReader,
+    /// When it must be complete.
+    pub deadline: Instant,
+}
+
+impl HeaderLayer {
+    pub fn new(deadline: Instant) -> Self {
+        HeaderLayer {
+            reader: HeaderReader::default(),
+            deadline,
+        }
+    }
+
+    /// Takes the header from what arrived, after what arrived before. Once it is complete,
+    /// the connection is the client's from then on (`peer` is changed to the address it
+    /// names, checked against the access lists and counted under the per-address limit),
+    /// and the returned offset is where the client's own bytes start in `arrived`.
+    pub fn take(
+        &mut self,
+        arrived: &[u8],
+        peer: &mut Peer,
+        rules: &AccessRules,
+        addresses: Option<&mut AddressLimit>,
+    ) -> Result<Option<usize>, Fault> {
+        match self.reader.take(arrived) {
+            Header::Incomplete => Ok(None),
+            Header::Invalid(reason) => Err(Fault::ProxyHeader(reason)),
+            Header::Complete {
+                len,
+                client,
+                version,
+            } => {
+                if let Some(client) = client.filter(|c| !rules.admits(c.ip())) {
+                    // Still awaiting its header as far as the table knows: never counted
+                    // under an address, so nothing to uncount when it closes.
+                    *peer = Peer::Ip(client);
+                    return Err(Fault::AccessDenied);
+                }
+                let balancer = peer.clone();
+                if let Some(client) = client {
+                    *peer = Peer::Ip(client);
+                    log::debug!("{client}: connected through {balancer} (PROXY v{version})");
+                } else {
+                    log::debug!(
+                        "{balancer}: PROXY v{version} header without a client address (LOCAL, \
+                         as health checks send, or unknown); serving it as the balancer's"
+                    );
+                }
+                // Counted under its address before any of its bytes is answered.
+                if let (Some(limit), Peer::Ip(client)) = (addresses, &*peer) {
+                    if !limit.admit(*client) {
+                        return Err(Fault::AddressLimit);
+                    }
+                }
+                Ok(Some(len))
+            }
+        }
     }
 }
 

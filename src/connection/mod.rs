@@ -7,9 +7,24 @@
 //! and copies into its own buffers only what the socket would not take or what is not yet a
 //! whole line. Both buffers are released as soon as they are empty, so an idle connection
 //! owns no heap memory.
+//!
+//! Between the socket and the line framing sits a stack of byte layers, each in a room of
+//! its own below this one, each present only on the connections that need it (an absent
+//! layer costs a test of a pointer):
+//!
+//! ```text
+//! socket -> [PROXY header] -> [telnet decode] -> framing -> handler
+//!        <-                    [telnet escape] <-           answers   -> output -> socket
+//! ```
+//!
+//! Every layer has the same shape: it is given the bytes that came from below and hands
+//! what it makes of them up, in order, through a callback (`receive`/`take`); it may have
+//! bytes of its own to send (a negotiation answer), which go down the same way as answers.
+//! The connection owns the order of the stack and the flow control around it; the layers
+//! know nothing of sockets, buffers or budgets.
 
 use std::any::Any;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
@@ -20,10 +35,16 @@ use crate::handler::LineHandler;
 use crate::idle::{IdleLinks, Linked};
 use crate::line;
 use crate::metrics::Traffic;
-use crate::proxy;
 use crate::schedule::{READ_SHARE, WRITE_SHARE};
 use crate::stream::{Peer, Stream};
-use crate::telnet::{self, Piece, SubnegotiationTooLong, Telnet};
+
+mod output;
+pub(crate) mod proxy;
+pub(crate) mod telnet;
+
+use output::OutputBuffer;
+use proxy::HeaderLayer;
+use telnet::{SubnegotiationTooLong, TelnetLayer, Up};
 
 /// Why a connection has to end early.
 #[derive(Debug)]
@@ -132,7 +153,7 @@ pub(crate) struct Connection {
     budget_paused: bool,
     /// With `--proxy-protocol`, until the header has arrived: what has of it. Boxed, so
     /// that a connection without it pays one pointer.
-    awaiting_header: Option<Box<AwaitingHeader>>,
+    awaiting_header: Option<Box<HeaderLayer>>,
     /// With `--telnet`: the protocol layer between the socket and the framing. Boxed, so
     /// that a connection without it pays one pointer.
     telnet: Option<Box<TelnetLayer>>,
@@ -151,20 +172,6 @@ impl Linked for Connection {
     fn links_mut(&mut self) -> &mut IdleLinks {
         &mut self.idle
     }
-}
-
-/// The telnet decoder's state; nothing of one read is kept for the next.
-struct TelnetLayer {
-    decoder: Telnet,
-    /// The offers wait for the PROXY header: they go out with the first answers after it.
-    offers_owed: bool,
-}
-
-/// A connection's first bytes while its PROXY protocol header is incomplete.
-struct AwaitingHeader {
-    bytes: Vec<u8>,
-    /// When it must be complete.
-    deadline: Instant,
 }
 
 impl Connection {
@@ -198,10 +205,7 @@ impl Connection {
     /// From now on the connection must begin with a PROXY protocol header, complete by
     /// `deadline`.
     pub fn expect_proxy_header(&mut self, deadline: Instant) {
-        self.awaiting_header = Some(Box::new(AwaitingHeader {
-            bytes: Vec::new(),
-            deadline,
-        }));
+        self.awaiting_header = Some(Box::new(HeaderLayer::new(deadline)));
     }
 
     /// From now on the connection speaks telnet: its input is decoded before framing and
@@ -209,10 +213,7 @@ impl Connection {
     /// awaited, once it has come: the balancer is not a telnet client.
     pub fn speak_telnet(&mut self, traffic: &mut Traffic) -> io::Result<()> {
         let offers_owed = self.awaiting_header.is_some();
-        self.telnet = Some(Box::new(TelnetLayer {
-            decoder: Telnet::new(),
-            offers_owed,
-        }));
+        self.telnet = Some(Box::new(TelnetLayer::new(offers_owed)));
         if !offers_owed {
             traffic.bytes_sent += self.output.send(&mut self.socket, telnet::OFFERS)? as u64;
         }
@@ -354,14 +355,19 @@ impl Connection {
                 Err(e) => return Err(Fault::Io(e)),
             };
             turn.traffic.bytes_received += received as u64;
-            let start = if self.awaiting_header.is_some() {
-                match self.take_header(&buffer[..received], turn)? {
-                    Some(start) => start,
-                    // More of the header is to come: nothing to answer yet.
-                    None => received,
+            let start = match self.awaiting_header.as_mut() {
+                None => 0,
+                Some(header) => {
+                    let addresses = turn.addresses.as_deref_mut();
+                    match header.take(&buffer[..received], &mut self.peer, turn.rules, addresses)? {
+                        Some(start) => {
+                            self.awaiting_header = None;
+                            start
+                        }
+                        // More of the header is to come: nothing to answer yet.
+                        None => received,
+                    }
                 }
-            } else {
-                0
             };
             let arrived = &buffer[start..received];
             if !arrived.is_empty() && !self.first_bytes_seen {
@@ -449,65 +455,6 @@ impl Connection {
         Ok(())
     }
 
-    /// Takes the PROXY header from what arrived, after what arrived before. Once it is
-    /// complete, the connection is the client's from then on, and the returned offset is
-    /// where the client's own bytes start in `arrived`.
-    fn take_header(&mut self, arrived: &[u8], turn: &mut Turn<'_>) -> Result<Option<usize>, Fault> {
-        let received = arrived.len();
-        let Some(awaiting) = self.awaiting_header.as_mut() else {
-            return Ok(Some(0));
-        };
-        let before = awaiting.bytes.len();
-        let parsed = if before == 0 {
-            proxy::parse(arrived)
-        } else {
-            let take = received.min(proxy::MAX_HEADER_BYTES.saturating_sub(before));
-            awaiting.bytes.extend_from_slice(&arrived[..take]);
-            proxy::parse(&awaiting.bytes)
-        };
-        match parsed {
-            proxy::Header::Incomplete => {
-                if before == 0 {
-                    let take = received.min(proxy::MAX_HEADER_BYTES);
-                    awaiting.bytes.extend_from_slice(&arrived[..take]);
-                }
-                Ok(None)
-            }
-            proxy::Header::Invalid(reason) => Err(Fault::ProxyHeader(reason)),
-            proxy::Header::Complete {
-                len,
-                client,
-                version,
-            } => {
-                if let Some(client) = client.filter(|c| !turn.rules.admits(c.ip())) {
-                    // Still awaiting its header as far as the table knows: never counted
-                    // under an address, so nothing to uncount when it closes.
-                    self.peer = Peer::Ip(client);
-                    return Err(Fault::AccessDenied);
-                }
-                self.awaiting_header = None;
-                let balancer = self.peer.clone();
-                if let Some(client) = client {
-                    self.peer = Peer::Ip(client);
-                    log::debug!("{client}: connected through {balancer} (PROXY v{version})");
-                } else {
-                    log::debug!(
-                        "{balancer}: PROXY v{version} header without a client address (LOCAL, \
-                         as health checks send, or unknown); serving it as the balancer's"
-                    );
-                }
-                // Counted under its address before any of its bytes is answered.
-                if let (Some(limit), Peer::Ip(client)) = (turn.addresses.as_deref_mut(), &self.peer)
-                {
-                    if !limit.admit(*client) {
-                        return Err(Fault::AddressLimit);
-                    }
-                }
-                Ok(Some(len - before))
-            }
-        }
-    }
-
     /// Decodes what arrived as telnet and acts on each piece in order: data is framed and
     /// echoed, replies answered, the unfinished line edited. Everything this produces goes
     /// out in one write, however many commands the bytes held.
@@ -516,19 +463,15 @@ impl Connection {
             return self.answer(arrived, turn, Delivery::Socket);
         };
         turn.telnet_output.clear();
-        if std::mem::take(&mut layer.offers_owed) {
-            turn.telnet_output.extend_from_slice(telnet::OFFERS);
-        }
-        let decoded = layer.decoder.decode::<Fault>(arrived, &mut |piece| {
-            match piece {
-                Piece::Data(range) => self.answer(&arrived[range], turn, Delivery::Gathered)?,
-                Piece::LineEnd => self.answer(telnet::LINE_END, turn, Delivery::Gathered)?,
-                Piece::Reply(bytes) => turn.telnet_output.extend_from_slice(bytes),
-                Piece::DiscardLine | Piece::EraseLine => {
+        let decoded = layer.receive::<Fault>(arrived, &mut |up| {
+            match up {
+                Up::Data(data) => self.answer(data, turn, Delivery::Gathered)?,
+                Up::Reply(bytes) => turn.telnet_output.extend_from_slice(bytes),
+                Up::EraseLine => {
                     self.partial = Vec::new();
                     self.in_long_line = false;
                 }
-                Piece::EraseCharacter => erase_character(&mut self.partial),
+                Up::EraseCharacter => erase_character(&mut self.partial),
             }
             Ok(())
         });
@@ -640,83 +583,6 @@ fn respond<'a>(
     })
 }
 
-/// Output the socket would not take yet, in order: `bytes[sent..]` is still to be sent.
-/// Empty and unallocated whenever everything has gone out.
-#[derive(Debug, Default)]
-struct OutputBuffer {
-    bytes: Vec<u8>,
-    sent: usize,
-}
-
-impl OutputBuffer {
-    fn pending(&self) -> usize {
-        self.bytes.len() - self.sent
-    }
-
-    fn capacity(&self) -> usize {
-        self.bytes.capacity()
-    }
-
-    /// Writes `answer` to the socket unless earlier output is still queued, and queues
-    /// whatever the socket would not take. Returns the bytes written now.
-    fn send(&mut self, socket: &mut Stream, answer: &[u8]) -> io::Result<usize> {
-        if self.pending() > 0 {
-            // Earlier output is still queued; this must wait behind it to keep the order.
-            self.queue(answer);
-            return Ok(0);
-        }
-        let sent = write_until_blocked(socket, answer)?;
-        if sent < answer.len() {
-            self.bytes.clear();
-            self.sent = 0;
-            self.bytes.extend_from_slice(&answer[sent..]);
-        }
-        Ok(sent)
-    }
-
-    /// Sends what is queued, as far as the socket takes it and at most `limit` bytes;
-    /// releases the buffer once empty. Returns the bytes written.
-    fn flush(&mut self, socket: &mut Stream, limit: usize) -> io::Result<usize> {
-        let end = self.bytes.len().min(self.sent + limit);
-        let written = write_until_blocked(socket, &self.bytes[self.sent..end])?;
-        self.sent += written;
-        if self.pending() == 0 && self.bytes.capacity() > 0 {
-            *self = OutputBuffer::default();
-        }
-        Ok(written)
-    }
-
-    /// Appends `answer` behind what is queued. The buffer budget counts capacity, so the
-    /// buffer grows only when it must and only by what it needs: the sent prefix is dropped
-    /// first, and `Vec`'s doubling, which could take the total past the budget by as much
-    /// as the buffer already holds, is not used. The sent prefix is also dropped once it is
-    /// at least as long as what is pending, so each byte is moved at most once on average.
-    fn queue(&mut self, answer: &[u8]) {
-        let grows = self.bytes.len() + answer.len() > self.bytes.capacity();
-        if self.sent > 0 && (grows || self.sent >= self.pending()) {
-            self.bytes.drain(..self.sent);
-            self.sent = 0;
-        }
-        self.bytes.reserve_exact(answer.len());
-        self.bytes.extend_from_slice(answer);
-    }
-}
-
-/// Writes as much of `bytes` as the socket takes before it would block; returns how much.
-fn write_until_blocked(socket: &mut Stream, bytes: &[u8]) -> io::Result<usize> {
-    let mut sent = 0;
-    while sent < bytes.len() {
-        match socket.write(&bytes[sent..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(sent)
-}
-
 /// Whether the peer's receive window is open, from `TCP_INFO`: with output unsent, a closed
 /// window means the peer stopped reading, an open one that the network has yet to carry or
 /// acknowledge what was sent. A kernel that does not say (before Linux 5.4) or an error
@@ -751,37 +617,5 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
         text.clone()
     } else {
         "non-text panic payload".to_owned()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The buffer budget counts capacity: queued output grows by what it needs, after
-    /// dropping what was sent, never by doubling.
-    #[test]
-    fn queued_output_grows_only_by_what_it_needs() {
-        let read = 64 * 1024;
-        let answer = vec![7u8; read];
-        let mut output = OutputBuffer::default();
-        let mut high = 0;
-        for round in 0..64 {
-            output.queue(&answer);
-            high = high.max(output.capacity());
-            assert!(
-                output.capacity() <= output.pending() + output.sent + read,
-                "round {round}: capacity {} for {} pending",
-                output.capacity(),
-                output.pending()
-            );
-            // The socket takes a little less than a read each time.
-            output.sent += read - 1000;
-            assert!(output.sent <= output.bytes.len());
-        }
-        // 64 reads queued, each all but 1,000 bytes sent: 64,000 bytes pending at the end,
-        // and the buffer never held much more than that plus one read.
-        assert_eq!(output.pending(), 64_000);
-        assert!(high <= 64_000 + 2 * read, "high-water capacity {high}");
     }
 }

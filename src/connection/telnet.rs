@@ -273,6 +273,60 @@ impl Telnet {
     }
 }
 
+/// What the telnet layer hands up, in stream order.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Up<'a> {
+    /// Client data, line ends in any form already made [`LINE_END`].
+    Data(&'a [u8]),
+    /// Bytes of the layer's own to send: offers, negotiation answers, the AYT answer.
+    Reply(&'a [u8]),
+    /// The unfinished line is to be dropped (Erase Line, Interrupt Process, Abort Output,
+    /// Break).
+    EraseLine,
+    /// The unfinished line's last character is to be dropped.
+    EraseCharacter,
+}
+
+/// The telnet layer of a connection served with `--telnet`: between the bytes from below
+/// (the socket, or TLS) and the line framing. A few bytes of decoder state and no buffers:
+/// nothing of one read is kept for the next.
+pub(crate) struct TelnetLayer {
+    decoder: Telnet,
+    /// The offers wait for the PROXY header: they go out with the first answers after it.
+    offers_owed: bool,
+}
+
+impl TelnetLayer {
+    /// The layer of a new connection; its offers go out at once (see [`OFFERS`]) unless
+    /// they are `owed` until the first bytes after a PROXY header: the balancer is not a
+    /// telnet client.
+    pub fn new(owed: bool) -> Self {
+        TelnetLayer {
+            decoder: Telnet::new(),
+            offers_owed: owed,
+        }
+    }
+
+    /// Decodes what came from below and hands it `up` in order, the owed offers first;
+    /// returns how many commands it held.
+    pub fn receive<E: From<SubnegotiationTooLong>>(
+        &mut self,
+        arrived: &[u8],
+        up: &mut impl FnMut(Up<'_>) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        if std::mem::take(&mut self.offers_owed) {
+            up(Up::Reply(OFFERS))?;
+        }
+        self.decoder.decode(arrived, &mut |piece| match piece {
+            Piece::Data(range) => up(Up::Data(&arrived[range])),
+            Piece::LineEnd => up(Up::Data(LINE_END)),
+            Piece::Reply(bytes) => up(Up::Reply(bytes)),
+            Piece::DiscardLine | Piece::EraseLine => up(Up::EraseLine),
+            Piece::EraseCharacter => up(Up::EraseCharacter),
+        })
+    }
+}
+
 /// Whether a connection's first bytes are telnet negotiation (IAC WILL, WONT, DO or DONT),
 /// as PuTTY and other clients send before anything is typed.
 pub(crate) fn opens_negotiation(first: &[u8]) -> bool {
