@@ -25,6 +25,9 @@ pub const DEFAULT_READ_BUFFER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_METRICS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a connection may take to send its PROXY protocol header.
 pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// As long as a PROXY header may take: a client that has not finished its handshake by then
+/// is stalled or not speaking TLS.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The budget for the bytes held in all connections' buffers together.
 pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 /// Silence on a connection after which TCP keepalive probes begin (Redis: `tcp-keepalive
@@ -103,6 +106,11 @@ pub struct Config {
     /// With `udp`: datagrams a second answered per source address (and bursts of as many);
     /// 0 answers every one.
     pub udp_rate_per_source: u32,
+    /// Every TCP and Unix connection speaks TLS, with these files; `None` is plaintext.
+    pub tls: Option<crate::certificates::TlsFiles>,
+    /// How long a TLS connection may take to complete its handshake (after its PROXY
+    /// header, if any, within the same time).
+    pub tls_handshake_timeout: Duration,
     /// Where to serve `GET /metrics` (Prometheus); `None` serves no metrics.
     pub metrics: Option<SocketAddr>,
     /// How long a metrics scraper may take to send a request or to take its answer.
@@ -135,6 +143,8 @@ impl Default for Config {
             unix_mode: None,
             udp_rate_per_source: DEFAULT_UDP_RATE_PER_SOURCE,
             proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
+            tls: None,
+            tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             metrics: None,
             metrics_timeout: DEFAULT_METRICS_TIMEOUT,
         }

@@ -281,6 +281,7 @@ fn empty_snapshot() -> Snapshot {
         turns: Default::default(),
         start_time: std::time::UNIX_EPOCH,
         udp: None,
+        tls: None,
     }
 }
 

@@ -21,6 +21,7 @@
 mod accept;
 mod access;
 mod budget;
+mod certificates;
 pub mod config;
 mod connection;
 #[doc(hidden)]
@@ -39,6 +40,7 @@ mod udp;
 mod warning;
 
 pub use accept::{sockets_from_service_manager, ServiceSockets};
+pub use certificates::{LoadError, TlsFiles};
 pub use config::{Config, ConfigError};
 pub use handler::{Echo, LineHandler};
 pub use server::Server;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kv_server::config::{self, Config, IpNet};
+use kv_server::TlsFiles;
 use kv_server::{Echo, Server, ServiceManager, Stopped};
 use log::LevelFilter;
 use simple_logger::SimpleLogger;
@@ -18,6 +19,7 @@ use simple_logger::SimpleLogger;
 ///
 /// A port of the Elixir guide's KVServer ("Task and gen_tcp") to a single-threaded mio
 /// event loop. SIGINT or SIGTERM shuts it down gracefully; a second one stops it at once.
+/// With --tls-cert, SIGHUP reloads the TLS files.
 ///
 /// Under a service manager it serves the socket passed with LISTEN_FDS (socket activation;
 /// --port, PORT and --bind are then ignored), and with NOTIFY_SOCKET set it reports
@@ -135,6 +137,28 @@ struct Cli {
     #[arg(long, help_heading = "Protocols", value_name = "N", default_value_t = config::DEFAULT_UDP_RATE_PER_SOURCE)]
     udp_rate_per_source: u32,
 
+    /// Speak TLS (1.2 and 1.3) on every TCP and Unix connection, with this certificate: PEM,
+    /// the server's certificate first, then any intermediates. SIGHUP reads the TLS files
+    /// again: new connections get the new ones, established ones carry on; a file that fails
+    /// to load keeps the old ones in force
+    #[arg(long, help_heading = "TLS", value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The certificate's private key: PEM, PKCS#8, PKCS#1 (RSA) or SEC1 (EC)
+    #[arg(long, help_heading = "TLS", value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// Require a client certificate that chains to one of these roots (PEM), mutual TLS;
+    /// clients without one, or with another, are refused in the handshake
+    #[arg(long, help_heading = "TLS", value_name = "PATH", requires = "tls_cert")]
+    tls_client_ca: Option<std::path::PathBuf>,
+
+    /// Seconds a TLS client may take to complete its handshake; a client that stalls, or
+    /// speaks plaintext and waits, is closed then
+    #[arg(long, help_heading = "TLS", value_name = "SECS", default_value_t = config::DEFAULT_TLS_HANDSHAKE_TIMEOUT.as_secs_f64(),
+          value_parser = parse_seconds)]
+    tls_handshake_timeout: f64,
+
     /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or a port alone for all
     /// addresses), from the same event loop
     #[arg(long, help_heading = "Observability", value_name = "ADDR", value_parser = parse_metrics_addr)]
@@ -247,6 +271,12 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         proxy_protocol: cli.proxy_protocol,
         proxy_from: cli.proxy_from,
         telnet: cli.telnet,
+        tls: cli.tls_cert.zip(cli.tls_key).map(|(cert, key)| TlsFiles {
+            cert,
+            key,
+            client_ca: cli.tls_client_ca,
+        }),
+        tls_handshake_timeout: Duration::from_secs_f64(cli.tls_handshake_timeout),
         udp: cli.udp,
         unix: cli.unix,
         unix_mode: cli.unix_mode,

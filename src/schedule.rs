@@ -56,12 +56,21 @@ pub(crate) const SERVICE_COST: usize = 2 * 1024;
 /// ten times that.
 pub(crate) const TELNET_COMMAND_COST: usize = 24;
 
+/// What one flight of a TLS handshake counts for. A full handshake costs the server 0.15 ms
+/// (ECDSA) to 0.4 ms (RSA-2048) of CPU, nearly all of it in the flight that answers the
+/// ClientHello; a handshake is two flights, so each counts as half of a 0.3 ms share
+/// (see [`TURN_SHARE`]). A turn so takes one or two handshakes from the heavy share (new
+/// connections are heavy), and a flood of them waits its turn like a crowd of hogs, never
+/// in front of the light share.
+pub(crate) const TLS_HANDSHAKE_STEP_COST: usize = 512 * 1024;
+
 /// All the work `traffic` counts, in bytes moved: what a service is charged is the
 /// difference across it.
 pub(crate) fn work_done(traffic: &Traffic) -> u64 {
     traffic.bytes_received
         + traffic.bytes_sent
         + traffic.telnet_commands * TELNET_COMMAND_COST as u64
+        + traffic.tls_handshake_steps * TLS_HANDSHAKE_STEP_COST as u64
 }
 /// A connection whose last service moved at most this much is light: its next event is
 /// served from the light share.

@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll, Registry, Token};
 
 use crate::accept::{self, Acceptor, Arrival, ServiceSockets};
+use crate::certificates;
 use crate::config::Config;
 use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
 use crate::handler::{Echo, LineHandler};
 use crate::metrics::endpoint::MetricsEndpoint;
-use crate::metrics::{CloseReason, Snapshot, Traffic, TurnTimes, UdpCounts};
+use crate::metrics::{CloseReason, Snapshot, TlsCounts, Traffic, TurnTimes, UdpCounts};
 use crate::schedule::{self, Schedule};
 use crate::shutdown::{ServiceManager, Shutdown, ShutdownHandle, Stopped};
 use crate::stream::{Peer, Stream, Transport};
@@ -35,6 +36,8 @@ const SIGNALS: Token = Token(usize::MAX - 3);
 const METRICS: Token = Token(usize::MAX - 4);
 const UDP: Token = Token(usize::MAX - 5);
 const UNIX_LISTENER: Token = Token(usize::MAX - 6);
+/// Decrypted input is taken out of rustls this much at a time: one record's worth.
+const TLS_PLAINTEXT_BYTES: usize = 16 * 1024;
 /// Keys the schedule remembers once every connection has gone; after a larger burst its
 /// memory is given back, as the connection table gives back its slab.
 const SCHEDULE_KEYS_KEPT: usize = 1024;
@@ -56,9 +59,13 @@ pub struct Server {
     read_buffer: Box<[u8]>,
     /// Where handlers write answers that are not their input; kept to avoid reallocating.
     scratch: Vec<u8>,
-    /// With `--telnet`, where one read's echoes and replies are gathered to go out in one
-    /// write: one buffer for all connections, so that none of them keeps one.
-    telnet_output: Vec<u8>,
+    /// With `--telnet` or TLS, where one read's echoes and replies are gathered to go down
+    /// in one piece: one buffer for all connections, so that none of them keeps one.
+    gathered: Vec<u8>,
+    /// With TLS, where decrypted input is taken out to be answered, and where the records
+    /// for the wire are made, shared alike.
+    tls_plaintext: Box<[u8]>,
+    tls_records: Vec<u8>,
     /// Bytes and long lines, counted by the connections as they go.
     traffic: Traffic,
     /// How long turns of the loop take.
@@ -67,6 +74,8 @@ pub struct Server {
     metrics: Option<MetricsEndpoint>,
     /// The datagram echo, with `--udp`; its socket closes when shutdown begins.
     udp: Option<UdpEcho>,
+    /// With `--tls-cert`: reloads done and failed (the handshake failures are the table's).
+    tls_reloads: Option<TlsCounts>,
     started: std::time::SystemTime,
 }
 
@@ -189,21 +198,34 @@ impl Server {
             )?),
             (None, false) => None,
         };
+        let mut connections = ConnectionTable::new(&config);
+        if let Some(files) = &config.tls {
+            let tls = certificates::load(files)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            connections.set_tls(tls);
+        }
         Ok(Server {
             poll,
             acceptor,
             shutdown,
-            connections: ConnectionTable::new(&config),
+            connections,
             schedule: Schedule::default(),
             heavy_events: Vec::new(),
             handler,
             read_buffer: vec![0; config.read_buffer_bytes].into_boxed_slice(),
             scratch: Vec::new(),
-            telnet_output: Vec::new(),
+            gathered: Vec::new(),
+            tls_plaintext: if config.tls.is_some() {
+                vec![0; TLS_PLAINTEXT_BYTES].into_boxed_slice()
+            } else {
+                Box::default()
+            },
+            tls_records: Vec::new(),
             traffic: Traffic::default(),
             turns: TurnTimes::default(),
             metrics,
             udp,
+            tls_reloads: config.tls.as_ref().map(|_| TlsCounts::default()),
             started: std::time::SystemTime::now(),
             config,
         })
@@ -242,7 +264,8 @@ impl Server {
     /// Makes SIGINT and SIGTERM shut the server down gracefully; a second one during the
     /// drain stops it at once. Meant for the binary: it takes over those signals process-wide.
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        self.shutdown.handle_signals(self.poll.registry())
+        let reload = self.config.tls.is_some();
+        self.shutdown.handle_signals(self.poll.registry(), reload)
     }
 
     /// Tells `manager` when the server is ready, what it is doing and when it stops, and
@@ -311,7 +334,11 @@ impl Server {
         match event.token() {
             LISTENER | UNIX_LISTENER => self.accept(now),
             WAKER => {}
-            SIGNALS => self.shutdown.take_signals(),
+            SIGNALS => {
+                if self.shutdown.take_signals() {
+                    self.reload_tls();
+                }
+            }
             UDP => self.serve_datagrams(now),
             METRICS => {
                 if let Some(metrics) = self.metrics.as_mut() {
@@ -391,7 +418,7 @@ impl Server {
         if self.connections.len() == 0 {
             self.schedule.shrink_when_idle(SCHEDULE_KEYS_KEPT);
         }
-        self.connections.expire_headers(self.poll.registry(), now);
+        self.connections.expire_openings(self.poll.registry(), now);
         if let Some(metrics) = self.metrics.as_mut() {
             metrics.expire(self.poll.registry(), now);
         }
@@ -413,7 +440,7 @@ impl Server {
         [
             self.acceptor.paused_until(),
             self.connections.next_idle_deadline(),
-            self.connections.next_header_deadline(),
+            self.connections.next_opening_deadline(),
             self.connections.next_room_look(now),
             self.connections.next_memory_return(),
             self.metrics
@@ -498,11 +525,14 @@ impl Server {
         };
         let work_before = schedule::work_done(&self.traffic);
         let unix = connection.peer().transport() == Transport::Unix;
+        let tls = connection.is_tls();
         let bytes_before = (self.traffic.bytes_received, self.traffic.bytes_sent);
         let mut turn = Turn {
             read_buffer: &mut self.read_buffer,
             scratch: &mut self.scratch,
-            telnet_output: &mut self.telnet_output,
+            gathered: &mut self.gathered,
+            tls_plaintext: &mut self.tls_plaintext,
+            tls_records: &mut self.tls_records,
             handler: &mut *self.handler,
             max_line_bytes: self.config.max_line_bytes,
             output_high_water: self.config.output_high_water,
@@ -556,6 +586,10 @@ impl Server {
             self.traffic.unix_bytes_received += self.traffic.bytes_received - bytes_before.0;
             self.traffic.unix_bytes_sent += self.traffic.bytes_sent - bytes_before.1;
         }
+        if tls {
+            self.traffic.tls_bytes_received += self.traffic.bytes_received - bytes_before.0;
+            self.traffic.tls_bytes_sent += self.traffic.bytes_sent - bytes_before.1;
+        }
         (schedule::work_done(&self.traffic) - work_before) as usize
     }
 
@@ -587,7 +621,9 @@ impl Server {
         let (acceptor, connections) = (&self.acceptor, &self.connections);
         let (traffic, turns, started) = (self.traffic, self.turns, self.started);
         let udp = self.udp.as_ref().map(UdpEcho::counts);
-        let mut snapshot = || take_snapshot(acceptor, connections, traffic, turns, started, udp);
+        let tls = self.tls_reloads;
+        let mut snapshot =
+            || take_snapshot(acceptor, connections, traffic, turns, started, udp, tls);
         serve(metrics, self.poll.registry(), &mut snapshot);
     }
 
@@ -599,7 +635,37 @@ impl Server {
             self.turns,
             self.started,
             self.udp.as_ref().map(UdpEcho::counts),
+            self.tls_reloads,
         )
+    }
+
+    /// SIGHUP: reads the TLS files again. New connections get what they say; established
+    /// ones keep what they began with; a file that fails changes nothing.
+    fn reload_tls(&mut self) {
+        let (Some(files), Some(counts)) = (&self.config.tls, self.tls_reloads.as_mut()) else {
+            log::info!("Received SIGHUP; nothing to reload without --tls-cert");
+            return;
+        };
+        match certificates::load(files) {
+            Ok(config) => {
+                self.connections.set_tls(config);
+                counts.reloads += 1;
+                log::info!(
+                    "Received SIGHUP; reloaded {} and {}{}: new connections use them",
+                    files.cert.display(),
+                    files.key.display(),
+                    files
+                        .client_ca
+                        .as_ref()
+                        .map(|ca| format!(" and {}", ca.display()))
+                        .unwrap_or_default()
+                );
+            }
+            Err(e) => {
+                counts.failed_reloads += 1;
+                log::error!("Received SIGHUP; TLS files not reloaded, the old ones stay: {e}");
+            }
+        }
     }
 
     /// Stops accepting and starts draining every connection.
@@ -682,6 +748,7 @@ fn take_snapshot(
     turns: TurnTimes,
     start_time: std::time::SystemTime,
     udp: Option<UdpCounts>,
+    tls: Option<TlsCounts>,
 ) -> Snapshot {
     Snapshot {
         accepts: acceptor.counts(),
@@ -692,5 +759,9 @@ fn take_snapshot(
         turns,
         start_time,
         udp,
+        tls: tls.map(|counts| TlsCounts {
+            failures: connections.tls_failures(),
+            ..counts
+        }),
     }
 }

@@ -89,27 +89,37 @@ impl Shutdown {
     }
 
     /// Takes over SIGINT and SIGTERM process-wide: the first asks for a graceful stop, a
-    /// second one during the drain stops at once.
-    pub fn handle_signals(&mut self, registry: &Registry) -> io::Result<()> {
-        let mut signals =
-            Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])?;
+    /// second one during the drain stops at once. With `reload`, SIGHUP too, which
+    /// [`Shutdown::take_signals`] reports; without, it keeps its default (it ends the
+    /// process, as a closed terminal expects).
+    pub fn handle_signals(&mut self, registry: &Registry, reload: bool) -> io::Result<()> {
+        let mut wanted = vec![signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+        if reload {
+            wanted.push(signal_hook::consts::SIGHUP);
+        }
+        let mut signals = Signals::new(wanted)?;
         registry.register(&mut signals, self.signals_token, Interest::READABLE)?;
         self.signals = Some(signals);
         Ok(())
     }
 
-    /// Reads the signals that arrived (on their token's readiness).
-    pub fn take_signals(&mut self) {
+    /// Reads the signals that arrived (on their token's readiness); true when a reload
+    /// (SIGHUP) was asked for.
+    pub fn take_signals(&mut self) -> bool {
         let Some(signals) = self.signals.as_mut() else {
-            return;
+            return false;
         };
+        let mut reload = false;
         for signal in signals.pending() {
-            if self.requested.swap(true, Ordering::SeqCst) {
+            if signal == signal_hook::consts::SIGHUP {
+                reload = true;
+            } else if self.requested.swap(true, Ordering::SeqCst) {
                 self.forced_by = Some(signal);
             } else {
                 log::info!("Received {}; shutting down gracefully", signal_name(signal));
             }
         }
+        reload
     }
 
     pub fn notify_service_manager(&mut self, manager: ServiceManager) {

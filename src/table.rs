@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Registry, Token};
@@ -17,11 +18,12 @@ use slab::Slab;
 use crate::access::{warn_refused, AccessRules, AddressLimit, ProxySources};
 use crate::budget::BufferBudget;
 use crate::config::Config;
+use crate::connection::tls::Failure;
 use crate::connection::{Connection, Fault};
 use crate::idle::IdleList;
 use crate::metrics::{BufferGauges, CloseReason, ClosedCounts};
 use crate::stream::{Peer, Stream, Transport};
-use crate::warning::RateLimit;
+use crate::warning::{suppressed_note, RateLimit};
 
 /// Slab slots kept once every connection has closed; a larger slab is released.
 const SLAB_CAPACITY_KEPT: usize = 1024;
@@ -42,12 +44,18 @@ pub(crate) struct ConnectionTable {
     proxy: ProxySources,
     /// Refusals of the clients PROXY headers named, warned of once a second.
     refusals: RateLimit,
-    /// When some connections send a PROXY header: how long it may take, and the
-    /// connections still awaiting theirs in order of deadline (all wait equally long, so a
-    /// queue suffices).
-    header_timeout: Option<Duration>,
-    awaiting_headers: VecDeque<(Instant, usize)>,
+    /// When some connections send a PROXY header or speak TLS: how long their opening (the
+    /// header, then the handshake) may take, and the connections still in it in order of
+    /// deadline (all wait equally long, so a queue suffices).
+    opening_timeout: Option<Duration>,
+    awaiting_openings: VecDeque<(Instant, usize)>,
+    /// With `--tls-cert`: what new connections' TLS starts from (replaced on reload).
+    tls: Option<Arc<rustls::ServerConfig>>,
     closed: ClosedCounts,
+    /// TLS handshake failures by reason, and their log lines, one a second at most (a
+    /// flood of plaintext clients would otherwise fill the log).
+    tls_failures: [u64; Failure::ALL.len()],
+    tls_failure_logs: RateLimit,
 }
 
 impl ConnectionTable {
@@ -67,11 +75,18 @@ impl ConnectionTable {
             budget: BufferBudget::new(config.max_buffered_bytes, config.read_buffer_bytes),
             per_address: config.max_connections_per_ip.map(AddressLimit::new),
             rules: AccessRules::new(config),
-            header_timeout: proxy.any().then_some(config.proxy_header_timeout),
+            opening_timeout: if config.tls.is_some() {
+                Some(config.tls_handshake_timeout)
+            } else {
+                proxy.any().then_some(config.proxy_header_timeout)
+            },
+            tls: None,
             proxy,
             refusals: RateLimit::default(),
-            awaiting_headers: VecDeque::new(),
+            awaiting_openings: VecDeque::new(),
             closed: ClosedCounts::default(),
+            tls_failures: [0; Failure::ALL.len()],
+            tls_failure_logs: RateLimit::default(),
         }
     }
 
@@ -196,6 +211,11 @@ impl ConnectionTable {
         self.closed
     }
 
+    /// TLS handshakes that failed, by [`Failure`] reason.
+    pub fn tls_failures(&self) -> [u64; Failure::ALL.len()] {
+        self.tls_failures
+    }
+
     /// What the connections hold in their buffers, and why reading waits.
     pub fn buffer_gauges(&self) -> BufferGauges {
         let start = BufferGauges {
@@ -260,21 +280,25 @@ impl ConnectionTable {
             self.open_unix += 1;
         }
         let connection = entry.insert(Connection::new(socket, peer, now));
-        match self.header_timeout {
-            Some(timeout) if self.proxy.expects_header_from(connection.peer()) => {
-                // Its address is known once its header has come: counted then.
-                connection.expect_proxy_header(now + timeout);
-                self.awaiting_headers.push_back((now + timeout, key));
-            }
-            _ => {
-                if let (Some(limit), Some(ip)) = (self.per_address.as_mut(), connection.peer().ip())
-                {
-                    limit.add(ip);
-                }
-            }
+        let deadline = now + self.opening_timeout.unwrap_or_default();
+        if self.opening_timeout.is_some() && self.proxy.expects_header_from(connection.peer()) {
+            // Its address is known once its header has come: counted then.
+            connection.expect_proxy_header(deadline);
+        } else if let (Some(limit), Some(ip)) = (self.per_address.as_mut(), connection.peer().ip())
+        {
+            limit.add(ip);
         }
         if let Some(idle) = self.idle.as_mut() {
             idle.push_back(&mut self.slab, key, now);
+        }
+        if let (Some(config), Some(connection)) = (&self.tls, self.slab.get_mut(key)) {
+            if let Err(fault) = connection.speak_tls(Arc::clone(config), deadline) {
+                self.close(registry, key, Ending::Fault(fault));
+                return None;
+            }
+        }
+        if connection_opening(&self.slab, key) {
+            self.awaiting_openings.push_back((deadline, key));
         }
         Some(key)
     }
@@ -286,28 +310,47 @@ impl ConnectionTable {
         }
     }
 
-    /// When the first connection still awaiting its PROXY header must have it.
-    pub fn next_header_deadline(&self) -> Option<Instant> {
-        self.awaiting_headers.front().map(|&(deadline, _)| deadline)
+    /// From now on new connections speak TLS with `config`; those already open keep theirs.
+    pub fn set_tls(&mut self, config: Arc<rustls::ServerConfig>) {
+        self.tls = Some(config);
     }
 
-    /// Closes the connections whose PROXY header is not complete by its deadline.
-    pub fn expire_headers(&mut self, registry: &Registry, now: Instant) {
-        while let Some(&(deadline, key)) = self.awaiting_headers.front() {
+    /// When the first connection still in its opening (PROXY header, TLS handshake) must
+    /// be through it.
+    pub fn next_opening_deadline(&self) -> Option<Instant> {
+        self.awaiting_openings
+            .front()
+            .map(|&(deadline, _)| deadline)
+    }
+
+    /// Closes the connections whose PROXY header or TLS handshake is not complete by its
+    /// deadline.
+    pub fn expire_openings(&mut self, registry: &Registry, now: Instant) {
+        while let Some(&(deadline, key)) = self.awaiting_openings.front() {
             if deadline > now {
                 return;
             }
-            self.awaiting_headers.pop_front();
+            self.awaiting_openings.pop_front();
             // The key may have been reused since, by a connection with a later deadline.
-            let still_waiting = self
-                .slab
-                .get(key)
-                .is_some_and(|c| c.header_deadline() == Some(deadline));
-            if still_waiting {
-                let timeout = self.header_timeout.unwrap_or_default();
-                let reason = format!("no complete PROXY protocol header within {timeout:?}");
-                self.close(registry, key, Ending::Fault(Fault::ProxyHeader(reason)));
+            let Some(connection) = self.slab.get(key) else {
+                continue;
+            };
+            if connection.opening_deadline() != Some(deadline) {
+                continue;
             }
+            let timeout = self.opening_timeout.unwrap_or_default();
+            let fault = if connection.header_deadline().is_some() {
+                Fault::ProxyHeader(format!(
+                    "no complete PROXY protocol header within {timeout:?}"
+                ))
+            } else {
+                Fault::Tls {
+                    failure: Failure::Timeout,
+                    in_handshake: true,
+                    message: format!("no complete handshake within {timeout:?}"),
+                }
+            };
+            self.close(registry, key, Ending::Fault(fault));
         }
     }
 
@@ -379,6 +422,21 @@ impl ConnectionTable {
                 "the client address its PROXY header named",
                 Instant::now(),
             ),
+            Ending::Fault(Fault::Tls {
+                failure,
+                in_handshake: true,
+                message,
+            }) => {
+                self.tls_failures[failure as usize] += 1;
+                if let Some(suppressed) = self.tls_failure_logs.allow(Instant::now()) {
+                    log::info!(
+                        "{}: TLS handshake failed ({}): {message}; closed{}",
+                        connection.peer(),
+                        failure.label(),
+                        suppressed_note(suppressed)
+                    );
+                }
+            }
             Ending::Fault(fault) => log_fault(connection.peer(), fault),
         }
         let _ = registry.deregister(connection.socket_mut());
@@ -389,6 +447,12 @@ impl ConnectionTable {
             release_freed_memory();
         }
     }
+}
+
+/// The connection under `key` is in its opening: its PROXY header or TLS handshake.
+fn connection_opening(slab: &Slab<Connection>, key: usize) -> bool {
+    slab.get(key)
+        .is_some_and(|connection| connection.opening_deadline().is_some())
 }
 
 /// What a connection's turn borrows of the table, from one lookup.
@@ -418,6 +482,10 @@ impl Ending {
             }
             Ending::Fault(Fault::Io(_)) => CloseReason::Error,
             Ending::Fault(Fault::ProxyHeader(_)) => CloseReason::ProxyHeader,
+            Ending::Fault(Fault::Tls {
+                in_handshake: true, ..
+            }) => CloseReason::TlsHandshake,
+            Ending::Fault(Fault::Tls { .. }) => CloseReason::Error,
             Ending::Fault(Fault::AddressLimit) => CloseReason::AddressLimit,
             Ending::Fault(Fault::AccessDenied) => CloseReason::AccessDenied,
             Ending::Fault(Fault::Panicked {
@@ -435,6 +503,8 @@ fn log_fault(peer: &Peer, fault: Fault) {
         }
         Fault::AddressLimit => log::debug!("{peer}: over --max-connections-per-ip; closed"),
         Fault::AccessDenied => log::debug!("{peer}: refused by --allow/--deny; closed"),
+        // Failures in the handshake are logged where they are counted.
+        Fault::Tls { message, .. } => log::info!("{peer}: TLS failed: {message}; closed"),
         Fault::Io(e) if is_ordinary_disconnect(&e) => {
             log::debug!("{peer}: connection closed by the client: {e}")
         }

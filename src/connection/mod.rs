@@ -13,15 +13,19 @@
 //! layer costs a test of a pointer):
 //!
 //! ```text
-//! socket -> [PROXY header] -> [telnet decode] -> framing -> handler
-//!        <-                    [telnet escape] <-           answers   -> output -> socket
+//! socket -> [PROXY header] -> [TLS open] -> [telnet decode] -> framing -> handler
+//!                                                                          |
+//! socket <- output <--------- [TLS seal] <- [telnet escape] <- answers <---+
 //! ```
 //!
 //! Every layer has the same shape: it is given the bytes that came from below and hands
-//! what it makes of them up, in order, through a callback (`receive`/`take`); it may have
-//! bytes of its own to send (a negotiation answer), which go down the same way as answers.
-//! The connection owns the order of the stack and the flow control around it; the layers
-//! know nothing of sockets, buffers or budgets.
+//! what it makes of them up, in order (`take`, `receive`, `feed` then `take_plaintext`);
+//! it may have bytes of its own to send (a negotiation answer, a handshake flight, an
+//! alert), which go down the same way as answers. With any layer that transforms output,
+//! one read's answers are gathered in a buffer of the turn and go down in one piece, so
+//! that a read costs one write however many lines or commands it held. The connection owns
+//! the order of the stack and the flow control around it; the layers know nothing of
+//! sockets, budgets or the schedule.
 
 use std::any::Any;
 use std::io::{self, Read};
@@ -41,10 +45,16 @@ use crate::stream::{Peer, Stream};
 mod output;
 pub(crate) mod proxy;
 pub(crate) mod telnet;
+pub(crate) mod tls;
 
 use output::OutputBuffer;
 use proxy::HeaderLayer;
 use telnet::{SubnegotiationTooLong, TelnetLayer, Up};
+use tls::TlsLayer;
+
+/// Room kept beyond a read's echo for what TLS adds to it: record headers and tags, a
+/// handshake flight with its certificate chain.
+const TLS_OUTPUT_ROOM: usize = 16 * 1024;
 
 /// Why a connection has to end early.
 #[derive(Debug)]
@@ -60,6 +70,12 @@ pub(crate) enum Fault {
     AddressLimit,
     /// Its PROXY header named a client that `--allow`/`--deny` refuse.
     AccessDenied,
+    /// With `--tls-cert`, TLS failed: in the handshake (counted by `failure`) or after.
+    Tls {
+        failure: tls::Failure,
+        in_handshake: bool,
+        message: String,
+    },
 }
 
 impl From<io::Error> for Fault {
@@ -101,9 +117,13 @@ pub(crate) enum ReadOutcome {
 pub(crate) struct Turn<'a> {
     pub read_buffer: &'a mut [u8],
     pub scratch: &'a mut Vec<u8>,
-    /// With telnet, everything one read produces (echoes and replies), gathered to go out
-    /// in one write.
-    pub telnet_output: &'a mut Vec<u8>,
+    /// With telnet or TLS, everything one read produces (echoes and replies), gathered to
+    /// go down in one piece.
+    pub gathered: &'a mut Vec<u8>,
+    /// With TLS: decrypted input, taken out of rustls to be answered, and the records made
+    /// for the wire.
+    pub tls_plaintext: &'a mut [u8],
+    pub tls_records: &'a mut Vec<u8>,
     pub handler: &'a mut dyn LineHandler,
     pub max_line_bytes: usize,
     pub output_high_water: usize,
@@ -154,8 +174,10 @@ pub(crate) struct Connection {
     /// With `--proxy-protocol`, until the header has arrived: what has of it. Boxed, so
     /// that a connection without it pays one pointer.
     awaiting_header: Option<Box<HeaderLayer>>,
-    /// With `--telnet`: the protocol layer between the socket and the framing. Boxed, so
-    /// that a connection without it pays one pointer.
+    /// With `--tls-cert`: the TLS session. Boxed, so that a connection without it pays one
+    /// pointer.
+    tls: Option<Box<TlsLayer>>,
+    /// With `--telnet`: the protocol layer between the socket (or TLS) and the framing.
     telnet: Option<Box<TelnetLayer>>,
     /// The client's first bytes have arrived (after its PROXY header, if any).
     first_bytes_seen: bool,
@@ -191,6 +213,7 @@ impl Connection {
             progress_epoch: 0,
             budget_paused: false,
             awaiting_header: None,
+            tls: None,
             telnet: None,
             first_bytes_seen: false,
             flush_cut: false,
@@ -208,11 +231,23 @@ impl Connection {
         self.awaiting_header = Some(Box::new(HeaderLayer::new(deadline)));
     }
 
+    /// From now on the connection speaks TLS (after its PROXY header, if one is awaited),
+    /// with the handshake complete by `deadline`.
+    pub fn speak_tls(
+        &mut self,
+        config: std::sync::Arc<rustls::ServerConfig>,
+        deadline: Instant,
+    ) -> Result<(), Fault> {
+        self.tls = Some(Box::new(TlsLayer::new(config, deadline)?));
+        Ok(())
+    }
+
     /// From now on the connection speaks telnet: its input is decoded before framing and
-    /// its echoes escaped. The server's offers go out at once, or, when a PROXY header is
-    /// awaited, once it has come: the balancer is not a telnet client.
+    /// its echoes escaped. The server's offers go out at once, or, when a PROXY header or a
+    /// TLS handshake comes first, with the first answers after it: the balancer is not a
+    /// telnet client, and nothing but the handshake may precede it.
     pub fn speak_telnet(&mut self, traffic: &mut Traffic) -> io::Result<()> {
-        let offers_owed = self.awaiting_header.is_some();
+        let offers_owed = self.awaiting_header.is_some() || self.tls.is_some();
         self.telnet = Some(Box::new(TelnetLayer::new(offers_owed)));
         if !offers_owed {
             traffic.bytes_sent += self.output.send(&mut self.socket, telnet::OFFERS)? as u64;
@@ -225,6 +260,18 @@ impl Connection {
         self.awaiting_header
             .as_ref()
             .map(|awaiting| awaiting.deadline)
+    }
+
+    /// When its opening (the PROXY header, then the TLS handshake) must be complete, while
+    /// one of them is under way.
+    pub fn opening_deadline(&self) -> Option<Instant> {
+        self.header_deadline()
+            .or_else(|| self.tls.as_ref().and_then(|tls| tls.handshake_deadline()))
+    }
+
+    /// It speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     pub fn socket_mut(&mut self) -> &mut Stream {
@@ -318,11 +365,14 @@ impl Connection {
         }
         // The most output one read can produce: its echo, or with telnet twice that (every
         // line end may grow to CR LF) and a few replies.
-        let answer_reach = if self.telnet.is_some() {
+        let mut answer_reach = if self.telnet.is_some() {
             2 * buffer.len()
         } else {
             buffer.len()
         };
+        if self.tls.is_some() {
+            answer_reach += TLS_OUTPUT_ROOM;
+        }
         self.read_drained = false;
         let mut read = 0;
         while read < READ_SHARE {
@@ -340,6 +390,7 @@ impl Connection {
                     self.read_closed = true;
                     if !self.write_shut {
                         self.answer_tail(turn)?;
+                        self.close_tls(turn)?;
                     }
                     return Ok(ReadOutcome::Stopped);
                 }
@@ -370,7 +421,7 @@ impl Connection {
                 }
             };
             let arrived = &buffer[start..received];
-            if !arrived.is_empty() && !self.first_bytes_seen {
+            if !arrived.is_empty() && !self.first_bytes_seen && self.tls.is_none() {
                 self.first_bytes_seen = true;
                 if self.telnet.is_none() && telnet::opens_negotiation(arrived) {
                     log::info!(
@@ -382,10 +433,16 @@ impl Connection {
                 }
             }
             if !self.write_shut && self.awaiting_header.is_none() {
-                if self.telnet.is_some() {
-                    // Called even with nothing arrived, when the header has just ended:
-                    // the offers owed go out then.
-                    self.answer_telnet(arrived, turn)?;
+                if self.tls.is_some() {
+                    self.receive_tls(arrived, turn)?;
+                    if self.read_closed {
+                        // The client's close_notify: nothing more will be read.
+                        return Ok(ReadOutcome::Stopped);
+                    }
+                } else if self.telnet.is_some() {
+                    // Even with nothing arrived, when the header has just ended: the offers
+                    // owed go out then.
+                    self.answer_input(arrived, turn, false)?;
                 } else if !arrived.is_empty() {
                     self.answer(arrived, turn, Delivery::Socket)?;
                 }
@@ -443,6 +500,7 @@ impl Connection {
             return Ok(());
         }
         self.answer_tail(turn)?;
+        self.close_tls(turn)?;
         if self.pending_output() > 0 {
             return Ok(());
         }
@@ -455,18 +513,28 @@ impl Connection {
         Ok(())
     }
 
-    /// Decodes what arrived as telnet and acts on each piece in order: data is framed and
-    /// echoed, replies answered, the unfinished line edited. Everything this produces goes
-    /// out in one write, however many commands the bytes held.
-    fn answer_telnet(&mut self, arrived: &[u8], turn: &mut Turn<'_>) -> Result<(), Fault> {
+    /// Answers what came up from below the telnet layer: decoded first when the connection
+    /// speaks telnet. Without layers, each answer goes straight to the socket; with them,
+    /// one read's answers and replies are gathered, and go out in one write, or, when
+    /// `sealed`, stay gathered for TLS to seal.
+    fn answer_input(
+        &mut self,
+        arrived: &[u8],
+        turn: &mut Turn<'_>,
+        sealed: bool,
+    ) -> Result<(), Fault> {
         let Some(mut layer) = self.telnet.take() else {
-            return self.answer(arrived, turn, Delivery::Socket);
+            if !sealed {
+                return self.answer(arrived, turn, Delivery::Socket);
+            }
+            turn.gathered.clear();
+            return self.answer(arrived, turn, Delivery::Gathered);
         };
-        turn.telnet_output.clear();
+        turn.gathered.clear();
         let decoded = layer.receive::<Fault>(arrived, &mut |up| {
             match up {
-                Up::Data(data) => self.answer(data, turn, Delivery::Gathered)?,
-                Up::Reply(bytes) => turn.telnet_output.extend_from_slice(bytes),
+                Up::Data(data) => self.answer(data, turn, Delivery::Escaped)?,
+                Up::Reply(bytes) => turn.gathered.extend_from_slice(bytes),
                 Up::EraseLine => {
                     self.partial = Vec::new();
                     self.in_long_line = false;
@@ -477,10 +545,91 @@ impl Connection {
         });
         self.telnet = Some(layer);
         turn.traffic.telnet_commands += decoded? as u64;
-        if !turn.telnet_output.is_empty() {
-            turn.traffic.bytes_sent +=
-                self.output.send(&mut self.socket, turn.telnet_output)? as u64;
+        if !sealed && !turn.gathered.is_empty() {
+            turn.traffic.bytes_sent += self.output.send(&mut self.socket, turn.gathered)? as u64;
         }
+        Ok(())
+    }
+
+    /// Takes what arrived through the TLS layer: records are fed to it, the plaintext they
+    /// hold answered and the answers sealed, and the records this makes (answers, handshake
+    /// messages, an alert) go out in one write, after a failure too.
+    fn receive_tls(&mut self, arrived: &[u8], turn: &mut Turn<'_>) -> Result<(), Fault> {
+        let Some(mut tls) = self.tls.take() else {
+            return Ok(());
+        };
+        let plaintext = std::mem::take(&mut turn.tls_plaintext);
+        let received = self.open_records(&mut tls, arrived, plaintext, turn);
+        turn.tls_plaintext = plaintext;
+        if received.is_ok() && tls.peer_closed() && !self.read_closed {
+            // The client's close_notify is its end of stream: the unfinished line is
+            // answered and ours follows it.
+            self.read_closed = true;
+            self.tls = Some(tls);
+            self.answer_tail(turn)?;
+            self.close_tls(turn)?;
+            return received;
+        }
+        turn.tls_records.clear();
+        tls.take_records(turn.tls_records);
+        self.tls = Some(tls);
+        let sent = self.output.send(&mut self.socket, turn.tls_records);
+        received?;
+        turn.traffic.bytes_sent += sent? as u64;
+        Ok(())
+    }
+
+    fn open_records(
+        &mut self,
+        tls: &mut TlsLayer,
+        arrived: &[u8],
+        plaintext: &mut [u8],
+        turn: &mut Turn<'_>,
+    ) -> Result<(), Fault> {
+        let mut rest = arrived;
+        loop {
+            loop {
+                let taken = tls.take_plaintext(plaintext);
+                if taken == 0 {
+                    break;
+                }
+                self.answer_input(&plaintext[..taken], turn, true)?;
+                tls.seal(turn.gathered)?;
+            }
+            if rest.is_empty() {
+                return Ok(());
+            }
+            let fed = tls.feed(rest)?;
+            if fed.handshake_step {
+                turn.traffic.tls_handshake_steps += 1;
+            }
+            if fed.established {
+                turn.traffic.tls_handshakes += 1;
+                log::debug!("{}: TLS handshake complete", self.peer);
+                if self.telnet.is_some() {
+                    // The telnet offers owed go out first thing.
+                    self.answer_input(&[], turn, true)?;
+                    tls.seal(turn.gathered)?;
+                }
+            }
+            if fed.taken == 0 {
+                // Past the client's close_notify: nothing more is read.
+                return Ok(());
+            }
+            rest = &rest[fed.taken..];
+        }
+    }
+
+    /// With TLS, makes and sends our `close_notify` (once): after the last answer, before
+    /// the FIN.
+    fn close_tls(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        tls.close();
+        turn.tls_records.clear();
+        tls.take_records(turn.tls_records);
+        turn.traffic.bytes_sent += self.output.send(&mut self.socket, turn.tls_records)? as u64;
         Ok(())
     }
 
@@ -491,32 +640,37 @@ impl Connection {
         turn: &mut Turn<'_>,
         delivery: Delivery,
     ) -> Result<(), Fault> {
-        let max_line_bytes = turn.max_line_bytes;
         let long_lines_before = turn.traffic.long_lines;
-        let gathers = delivery == Delivery::Gathered;
-        let (socket, output, in_long_line) =
-            (&mut self.socket, &mut self.output, &mut self.in_long_line);
-        let result = line::frame(&mut self.partial, data, max_line_bytes, &mut |piece| {
-            // Runs of complete lines end in a newline; only a cut piece of a long line
-            // does not, and the first such piece of a line marks a new long line.
-            let cut = !piece.ends_with(b"\n");
-            if cut && !*in_long_line {
-                turn.traffic.long_lines += 1;
+        let (socket, output) = (&mut self.socket, &mut self.output);
+        let (partial, in_long_line) = (&mut self.partial, &mut self.in_long_line);
+        // One framing loop per kind of delivery, each with its own sink: the plain echo's
+        // is as small as it was before any layer existed.
+        let result = match delivery {
+            Delivery::Socket => {
+                frame_answers(partial, in_long_line, data, turn, |answer, traffic, _| {
+                    traffic.bytes_sent += output.send(socket, answer)? as u64;
+                    Ok(())
+                })
             }
-            *in_long_line = cut;
-            let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
-            if gathers {
-                telnet::escape_into(answer, turn.telnet_output);
-            } else {
-                turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
+            Delivery::Escaped => {
+                frame_answers(partial, in_long_line, data, turn, |answer, _, gathered| {
+                    telnet::escape_into(answer, gathered);
+                    Ok(())
+                })
             }
-            Ok(())
-        });
+            Delivery::Gathered => {
+                frame_answers(partial, in_long_line, data, turn, |answer, _, gathered| {
+                    gathered.extend_from_slice(answer);
+                    Ok(())
+                })
+            }
+        };
         if turn.traffic.long_lines > long_lines_before && !self.long_line_logged {
             self.long_line_logged = true;
             log::debug!(
-                "{}: line longer than {max_line_bytes} bytes, echoing it in pieces",
-                self.peer
+                "{}: line longer than {} bytes, echoing it in pieces",
+                self.peer,
+                turn.max_line_bytes
             );
         }
         result
@@ -524,20 +678,40 @@ impl Connection {
 
     /// Answers the unfinished last line when no more input will follow it.
     fn answer_tail(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
+        if self.partial.is_empty() {
+            return Ok(());
+        }
         let escapes_iac = self.telnet.is_some();
         let (socket, output) = (&mut self.socket, &mut self.output);
+        let Some(tls) = self.tls.as_mut() else {
+            return line::finish(&mut self.partial, &mut |piece| {
+                let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+                let sent = if escapes_iac {
+                    turn.gathered.clear();
+                    telnet::escape_into(answer, turn.gathered);
+                    output.send(socket, turn.gathered)?
+                } else {
+                    output.send(socket, answer)?
+                };
+                turn.traffic.bytes_sent += sent as u64;
+                Ok(())
+            });
+        };
         line::finish(&mut self.partial, &mut |piece| {
             let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
-            let sent = if escapes_iac {
-                turn.telnet_output.clear();
-                telnet::escape_into(answer, turn.telnet_output);
-                output.send(socket, turn.telnet_output)?
+            if escapes_iac {
+                turn.gathered.clear();
+                telnet::escape_into(answer, turn.gathered);
+                tls.seal(turn.gathered)?;
             } else {
-                output.send(socket, answer)?
-            };
-            turn.traffic.bytes_sent += sent as u64;
-            Ok(())
-        })
+                tls.seal(answer)?;
+            }
+            Ok::<(), Fault>(())
+        })?;
+        turn.tls_records.clear();
+        tls.take_records(turn.tls_records);
+        turn.traffic.bytes_sent += output.send(socket, turn.tls_records)? as u64;
+        Ok(())
     }
 }
 
@@ -546,8 +720,32 @@ impl Connection {
 enum Delivery {
     /// To the socket, each as it is made.
     Socket,
-    /// Escaped as telnet data into the turn's telnet output, to go out in one write.
+    /// Escaped as telnet data into the turn's gathered output.
+    Escaped,
+    /// Into the turn's gathered output as they are, for TLS to seal.
     Gathered,
+}
+
+/// Frames `data` after the unfinished line `partial`, asks the handler for the answer to
+/// each run of complete lines and hands it to `deliver`, counting long lines as they start.
+fn frame_answers(
+    partial: &mut Vec<u8>,
+    in_long_line: &mut bool,
+    data: &[u8],
+    turn: &mut Turn<'_>,
+    mut deliver: impl FnMut(&[u8], &mut Traffic, &mut Vec<u8>) -> Result<(), Fault>,
+) -> Result<(), Fault> {
+    line::frame(partial, data, turn.max_line_bytes, &mut |piece| {
+        // Runs of complete lines end in a newline; only a cut piece of a long line does
+        // not, and the first such piece of a line marks a new long line.
+        let cut = !piece.ends_with(b"\n");
+        if cut && !*in_long_line {
+            turn.traffic.long_lines += 1;
+        }
+        *in_long_line = cut;
+        let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+        deliver(answer, turn.traffic, turn.gathered)
+    })
 }
 
 /// Telnet's Erase Character: the last character of the unfinished line goes, all of its

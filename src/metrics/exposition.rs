@@ -224,6 +224,49 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
             &dropped,
         );
     }
+    if let Some(tls) = &snapshot.tls {
+        e.counter(
+            "kv_server_tls_handshakes",
+            "TLS handshakes completed (with --tls-cert).",
+            &[(None, traffic.tls_handshakes as f64)],
+        );
+        let failures: Vec<_> = crate::connection::tls::Failure::ALL
+            .iter()
+            .map(|&failure| {
+                (
+                    Some(("reason", failure.label())),
+                    tls.failures[failure as usize] as f64,
+                )
+            })
+            .collect();
+        e.counter(
+            "kv_server_tls_handshake_failures",
+            "TLS handshakes that failed, by reason: not TLS or malformed (protocol), nothing \
+             in common (incompatible), no client certificate or one that failed verification \
+             (with --tls-client-ca), refused by the client with an alert (alert_received), not \
+             complete within --tls-handshake-timeout (timeout), or other.",
+            &failures,
+        );
+        e.counter(
+            "kv_server_tls_bytes_received",
+            "Bytes read from TLS connections, as records on the wire.",
+            &[(None, traffic.tls_bytes_received as f64)],
+        );
+        e.counter(
+            "kv_server_tls_bytes_sent",
+            "Bytes written to TLS connections, as records on the wire.",
+            &[(None, traffic.tls_bytes_sent as f64)],
+        );
+        e.counter(
+            "kv_server_tls_reloads",
+            "Reloads of the TLS files on SIGHUP, by result: in force (ok), or failed and \
+             changing nothing (failed).",
+            &[
+                (Some(("result", "ok")), tls.reloads as f64),
+                (Some(("result", "failed")), tls.failed_reloads as f64),
+            ],
+        );
+    }
     e.counter(
         "kv_server_telnet_commands",
         "Telnet commands and negotiations taken out of clients' input (with --telnet).",
@@ -316,6 +359,10 @@ mod tests {
                 telnet_commands: 0,
                 unix_bytes_received: 0,
                 unix_bytes_sent: 0,
+                tls_handshakes: 0,
+                tls_handshake_steps: 0,
+                tls_bytes_received: 0,
+                tls_bytes_sent: 0,
             },
             buffers: BufferGauges::default(),
             turns: {
@@ -327,6 +374,7 @@ mod tests {
             },
             start_time: UNIX_EPOCH + std::time::Duration::from_millis(1_500),
             udp: None,
+            tls: None,
         }
     }
 

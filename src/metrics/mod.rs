@@ -34,6 +34,8 @@ pub(crate) enum CloseReason {
     BufferBudget,
     /// With `--proxy-protocol`, no valid header, or none complete in time.
     ProxyHeader,
+    /// With `--tls-cert`, the TLS handshake failed or was not complete in time.
+    TlsHandshake,
     /// Refused by `--allow`/`--deny`: at accept, or once a PROXY header named the client.
     AccessDenied,
     /// The peer vanished: keepalive probes or sent bytes went unanswered (`ETIMEDOUT`).
@@ -49,7 +51,7 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 14] = [
+    pub const ALL: [CloseReason; 15] = [
         CloseReason::ClientClosed,
         CloseReason::Error,
         CloseReason::IdleTimeout,
@@ -58,6 +60,7 @@ impl CloseReason {
         CloseReason::IdleEvicted,
         CloseReason::BufferBudget,
         CloseReason::ProxyHeader,
+        CloseReason::TlsHandshake,
         CloseReason::AccessDenied,
         CloseReason::PeerTimeout,
         CloseReason::HandlerPanic,
@@ -77,6 +80,7 @@ impl CloseReason {
             CloseReason::IdleEvicted => "idle_evicted",
             CloseReason::BufferBudget => "buffer_budget",
             CloseReason::ProxyHeader => "proxy_header",
+            CloseReason::TlsHandshake => "tls_handshake",
             CloseReason::AccessDenied => "access_denied",
             CloseReason::PeerTimeout => "peer_timeout",
             CloseReason::HandlerPanic => "handler_panic",
@@ -114,6 +118,13 @@ pub(crate) struct Traffic {
     /// the rest are TCP's.
     pub unix_bytes_received: u64,
     pub unix_bytes_sent: u64,
+    /// TLS handshakes completed.
+    pub tls_handshakes: u64,
+    /// Handshake flights processed: the schedule's measure of handshake work.
+    pub tls_handshake_steps: u64,
+    /// Of `bytes_received` and `bytes_sent`, those of TLS connections (records on the wire).
+    pub tls_bytes_received: u64,
+    pub tls_bytes_sent: u64,
 }
 
 /// Datagrams with `--udp`, counted by the datagram echo.
@@ -182,6 +193,18 @@ pub(crate) struct Snapshot {
     pub start_time: SystemTime,
     /// With `--udp`.
     pub udp: Option<UdpCounts>,
+    /// With `--tls-cert`.
+    pub tls: Option<TlsCounts>,
+}
+
+/// TLS beyond what [`Traffic`] counts, with `--tls-cert`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct TlsCounts {
+    /// Handshakes that failed, by [`crate::connection::tls::Failure`] reason.
+    pub failures: [u64; crate::connection::tls::Failure::ALL.len()],
+    /// Reloads on SIGHUP that took effect, and those that failed and changed nothing.
+    pub reloads: u64,
+    pub failed_reloads: u64,
 }
 
 /// What the connections hold in their buffers, walked at scrape time so that requests pay

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub mod captured_log;
 pub mod churn;
 pub mod netns;
+pub mod tls;
 #[allow(unused_imports)] // Each test binary uses its own subset of these helpers.
 pub use kv_testkit::crowd;
 

@@ -1,0 +1,116 @@
+//! What TLS serves with: the certificate chain and its key (`--tls-cert`, `--tls-key`) and,
+//! for mutual TLS, the roots that client certificates must chain to (`--tls-client-ca`),
+//! read from PEM files at start-up and again on SIGHUP. A reload builds a whole new rustls
+//! configuration or nothing: a file that fails keeps the one in force, and connections
+//! already established keep the configuration they began with (each holds its own `Arc`).
+//!
+//! The crypto provider is rustls' `ring` one: it builds from source with a C compiler alone
+//! (the `aws-lc-rs` default needs a longer build of a larger C library, and CMake on some
+//! targets), and it offers the suites and key types a TLS echo endpoint is asked for
+//! (TLS 1.2 and 1.3; ECDSA, Ed25519 and RSA keys in PKCS#8, PKCS#1 or SEC1).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+
+/// The files TLS is configured from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM: the server's certificate first, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM: the roots a client's certificate must chain to; with it, every client must
+    /// present one.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A file that could not be used, and why.
+#[derive(Debug)]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.reason)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+fn failed(path: &Path, reason: impl Into<String>) -> LoadError {
+    LoadError {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads the files and builds the configuration every new TLS connection starts from.
+pub(crate) fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, LoadError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certificates(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+        failed(
+            &files.key,
+            pem_reason(e, "no private key in it (expected PEM: PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"),
+        )
+    })?;
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| failed(&files.cert, e.to_string()))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            for root in certificates(path)? {
+                roots
+                    .add(root)
+                    .map_err(|e| failed(path, format!("not a usable CA certificate: {e}")))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| failed(path, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder.with_single_cert(chain, key).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => failed(
+            &files.key,
+            format!(
+                "this key does not match the certificate in {}",
+                files.cert.display()
+            ),
+        ),
+        other => failed(&files.key, format!("unusable private key: {other}")),
+    })?;
+    Ok(Arc::new(config))
+}
+
+/// Every certificate in a PEM file, at least one.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, LoadError> {
+    let chain = CertificateDer::pem_file_iter(path)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| failed(path, pem_reason(e, "")))?;
+    if chain.is_empty() {
+        return Err(failed(
+            path,
+            "no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)",
+        ));
+    }
+    Ok(chain)
+}
+
+fn pem_reason(error: pem::Error, none_found: &str) -> String {
+    match error {
+        pem::Error::Io(e) => e.to_string(),
+        pem::Error::NoItemsFound if !none_found.is_empty() => none_found.to_owned(),
+        other => format!("not valid PEM: {other:?}"),
+    }
+}
