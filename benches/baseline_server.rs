@@ -5,6 +5,7 @@
 //! cargo bench --bench baseline_server -- raw 4041
 //! cargo bench --bench baseline_server -- line 4042
 //! cargo bench --bench baseline_server -- udp 4043
+//! cargo bench --bench baseline_server -- tls 4044 cert.pem key.pem
 //! ```
 //!
 //! A plain `cargo bench` runs every bench target; without a mode this one returns at once.
@@ -24,9 +25,10 @@ fn main() {
         Some("raw") => Baseline::Raw,
         Some("line") => Baseline::Line,
         Some("udp") => Baseline::Udp,
+        Some("tls") => Baseline::Tls,
         None => return,
         Some(other) => {
-            eprintln!("baseline_server: unknown mode '{other}': expected raw, line or udp");
+            eprintln!("baseline_server: unknown mode '{other}': expected raw, line, udp or tls");
             std::process::exit(2);
         }
     };
@@ -39,7 +41,15 @@ fn main() {
         }
     };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    baselines::serve(baseline, addr, |bound| {
+    let tls = match (baseline, args.get(2), args.get(3)) {
+        (Baseline::Tls, Some(cert), Some(key)) => Some((cert.into(), key.into())),
+        (Baseline::Tls, _, _) => {
+            eprintln!("baseline_server: tls needs a certificate and a key file after the port");
+            std::process::exit(2);
+        }
+        _ => None,
+    };
+    baselines::serve(baseline, addr, tls, |bound| {
         eprintln!("{} listening on {bound}", baseline.name());
     });
 }

@@ -28,9 +28,12 @@ fn start_kv_server() -> SocketAddr {
 fn start_baseline(baseline: Baseline) -> SocketAddr {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        baselines::serve(baseline, "127.0.0.1:0".parse().unwrap(), move |addr| {
-            tx.send(addr).unwrap()
-        })
+        baselines::serve(
+            baseline,
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            move |addr| tx.send(addr).unwrap(),
+        )
     });
     rx.recv().unwrap()
 }

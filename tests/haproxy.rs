@@ -30,7 +30,9 @@ struct Haproxy {
 }
 
 impl Haproxy {
-    fn start(servers: [SocketAddr; 2], proxy_protocol: bool) -> Haproxy {
+    /// With `tls_ca`, HAProxy re-encrypts: it speaks TLS to the servers (and checks them over
+    /// TLS), verifying their certificates against that CA file.
+    fn start(servers: [SocketAddr; 2], proxy_protocol: bool, tls_ca: Option<&Path>) -> Haproxy {
         let dir = std::env::temp_dir().join(format!(
             "kv-haproxy-{}-{}",
             std::process::id(),
@@ -51,7 +53,12 @@ impl Haproxy {
                     } else {
                         ""
                     };
-                    format!("    default-server {proxy}check inter 100ms fall 1 rise 1")
+                    let tls = tls_ca
+                        .map(|ca| {
+                            format!("ssl verify required ca-file {} check-ssl ", ca.display())
+                        })
+                        .unwrap_or_default();
+                    format!("    default-server {proxy}{tls}check inter 100ms fall 1 rise 1")
                 }
                 l if l.starts_with("log stderr") => {
                     "    log stderr format raw local0 err".to_owned()
@@ -181,7 +188,7 @@ fn through_haproxy_with_proxy_v2_every_client_is_served_under_its_own_address() 
         return;
     }
     let (kv1, kv2) = (instance(0, true), instance(0, true));
-    let haproxy = Haproxy::start([kv1.addr(), kv2.addr()], true);
+    let haproxy = Haproxy::start([kv1.addr(), kv2.addr()], true, None);
     std::thread::scope(|scope| {
         for n in 0..200 {
             let frontend = haproxy.frontend;
@@ -216,12 +223,51 @@ fn through_haproxy_with_proxy_v2_every_client_is_served_under_its_own_address() 
 }
 
 #[test]
+fn haproxy_re_encrypting_with_proxy_v2_and_tls_checks_serves_every_client_as_itself() {
+    if !haproxy_installed() {
+        return;
+    }
+    let pki = common::tls::Pki::new("haproxy");
+    let files = pki.write_server(1);
+    let (cert, key) = (files.cert.to_str().unwrap(), files.key.to_str().unwrap());
+    let tls_instance = || {
+        ServerProcess::start(&[
+            "--log-level",
+            "debug",
+            "--proxy-from",
+            "127.0.0.1",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ])
+    };
+    let (kv1, kv2) = (tls_instance(), tls_instance());
+    // Up means its tcp-check went through: PROXY header, TLS handshake, echo.
+    let haproxy = Haproxy::start([kv1.addr(), kv2.addr()], true, Some(&pki.ca_file()));
+    std::thread::scope(|scope| {
+        for n in 0..50 {
+            let frontend = haproxy.frontend;
+            scope.spawn(move || {
+                let mut client = connect_from(source_address(n), frontend, false);
+                client.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+                assert_echo(&mut client, format!("client {n} over TLS\n").as_bytes());
+            });
+        }
+    });
+    let seen = clients_logged(&[&kv1, &kv2], 50);
+    let expected: HashSet<IpAddr> = (0..50).map(source_address).collect();
+    assert_eq!(&seen[0] | &seen[1], expected);
+    haproxy.wait_until_up(&["kv1", "kv2"]);
+}
+
+#[test]
 fn tcp_check_works_without_the_proxy_protocol_too() {
     if !haproxy_installed() {
         return;
     }
     let (kv1, kv2) = (instance(0, false), instance(0, false));
-    let haproxy = Haproxy::start([kv1.addr(), kv2.addr()], false);
+    let haproxy = Haproxy::start([kv1.addr(), kv2.addr()], false, None);
     let mut client = common::connect(haproxy.frontend);
     assert_echo(&mut client, b"plain\n");
 }
@@ -233,7 +279,7 @@ fn a_rolling_restart_through_haproxy_loses_no_line() {
     }
     let mut instances = [instance(0, true), instance(0, true)];
     let ports = [instances[0].port, instances[1].port];
-    let haproxy = Haproxy::start([instances[0].addr(), instances[1].addr()], true);
+    let haproxy = Haproxy::start([instances[0].addr(), instances[1].addr()], true, None);
     let churn = Churn::start(haproxy.frontend, 8, 20);
     for round in 0..2 {
         for which in 0..2 {

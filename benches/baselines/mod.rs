@@ -7,10 +7,14 @@
 //!
 //! - `udp`: a tokio `UdpSocket` echo, `recv_from` then `send_to`: what a Rust user would
 //!   write for datagrams.
+//! - `tls`: the raw echo over tokio-rustls, with the same crypto provider (ring) and
+//!   protocol versions as kv_server: what a Rust user would write for a TLS echo.
 //!
 //! All run on a current-thread runtime: one core, like kv_server's single reactor.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -20,6 +24,7 @@ pub enum Baseline {
     Raw,
     Line,
     Udp,
+    Tls,
 }
 
 impl Baseline {
@@ -28,13 +33,23 @@ impl Baseline {
             Baseline::Raw => "tokio_raw",
             Baseline::Line => "tokio_line",
             Baseline::Udp => "tokio_udp",
+            Baseline::Tls => "tokio_rustls",
         }
     }
 }
 
 /// Binds `addr` and serves forever on a current-thread runtime; reports the bound address
 /// through `bound` once listening.
-pub fn serve(baseline: Baseline, addr: SocketAddr, bound: impl FnOnce(SocketAddr)) {
+/// `tls` is the certificate and key files, for [`Baseline::Tls`].
+pub fn serve(
+    baseline: Baseline,
+    addr: SocketAddr,
+    tls: Option<(PathBuf, PathBuf)>,
+    bound: impl FnOnce(SocketAddr),
+) {
+    let acceptor = tls
+        .filter(|_| baseline == Baseline::Tls)
+        .map(|(cert, key)| tls_acceptor(&cert, &key));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -53,10 +68,15 @@ pub fn serve(baseline: Baseline, addr: SocketAddr, bound: impl FnOnce(SocketAddr
                 continue;
             };
             let _ = socket.set_nodelay(true);
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let _ = match baseline {
-                    Baseline::Raw => raw_echo(socket).await,
-                    Baseline::Line | Baseline::Udp => line_echo(socket).await,
+                let _ = match (baseline, acceptor) {
+                    (Baseline::Tls, Some(acceptor)) => match acceptor.accept(socket).await {
+                        Ok(stream) => raw_echo(stream).await,
+                        Err(e) => Err(e),
+                    },
+                    (Baseline::Raw, _) => raw_echo(socket).await,
+                    _ => line_echo(socket).await,
                 };
             });
         }
@@ -71,7 +91,25 @@ async fn udp_echo(socket: tokio::net::UdpSocket) -> std::io::Result<()> {
     }
 }
 
-async fn raw_echo(mut socket: TcpStream) -> std::io::Result<()> {
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .expect("certificate file")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(key).expect("key file");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("certificate and key");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn raw_echo<S: AsyncReadExt + AsyncWriteExt + Unpin>(mut socket: S) -> std::io::Result<()> {
     // 8 KiB, the same as the BufReader of the line baseline (tokio's default capacity).
     let mut buffer = vec![0u8; 8 * 1024];
     loop {
@@ -80,6 +118,8 @@ async fn raw_echo(mut socket: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         socket.write_all(&buffer[..n]).await?;
+        // tokio-rustls holds sealed records until flushed; a plain socket's flush is free.
+        socket.flush().await?;
     }
 }
 

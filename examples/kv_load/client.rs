@@ -1,9 +1,12 @@
 //! One load-generating connection: the lines it sends, the output the socket has not taken
-//! yet, and the byte-by-byte check of what comes back.
+//! yet, and the byte-by-byte check of what comes back; over TLS (rustls) with `--tls-ca`.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::Instant;
+
+use rustls::{ClientConfig, ClientConnection};
 
 use kv_server::stream::Stream;
 
@@ -11,6 +14,8 @@ use crate::histogram::Histogram;
 
 pub struct Client {
     pub stream: Stream,
+    /// With `--tls-ca`: the session over the stream.
+    tls: Option<ClientConnection>,
     template: Vec<u8>,
     pub connected: bool,
     pub closed: bool,
@@ -38,12 +43,27 @@ pub struct Received {
 
 impl Client {
     /// Client number `id`, whose lines are `line_len` bytes with up to `depth` in flight.
-    pub fn new(stream: Stream, id: u64, line_len: usize, depth: usize) -> Client {
+    pub fn new(
+        stream: Stream,
+        tls: Option<&Arc<ClientConfig>>,
+        id: u64,
+        line_len: usize,
+        depth: usize,
+    ) -> Client {
+        let tls = tls.map(|config| {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut session = ClientConnection::new(Arc::clone(config), name).unwrap();
+            // Lines are sealed as they are queued; what the socket does not take waits in
+            // the session.
+            session.set_buffer_limit(None);
+            session
+        });
         let template = line_template(id, line_len);
         let mut expected = Vec::with_capacity(line_len);
         make_line(&template, 0, &mut expected);
         Client {
             stream,
+            tls,
             template,
             connected: false,
             closed: false,
@@ -69,8 +89,34 @@ impl Client {
         }
     }
 
+    /// With TLS, the handshake is still under way.
+    pub fn handshaking(&self) -> bool {
+        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+    }
+
+    /// With TLS, moves the handshake on: sends what the session has, reads what came.
+    pub fn handshake(&mut self) -> io::Result<()> {
+        self.flush()?;
+        let mut histogram = Histogram::new();
+        self.receive(&mut [0; 0], &mut histogram, Instant::now())?;
+        self.flush()
+    }
+
     /// Writes queued lines until the socket would block.
     pub fn flush(&mut self) -> io::Result<()> {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.writer().write_all(&self.output)?;
+            self.output.clear();
+            while tls.wants_write() {
+                match tls.write_tls(&mut self.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok(());
+        }
         while self.output_sent < self.output.len() {
             match self.stream.write(&self.output[self.output_sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -93,12 +139,17 @@ impl Client {
         histogram: &mut Histogram,
         now: Instant,
     ) -> io::Result<Received> {
-        let line_len = self.template.len();
         let mut result = Received {
             lines: 0,
             mismatched: 0,
             eof: false,
         };
+        if self.tls.is_some() {
+            self.receive_tls(buffer, histogram, now, &mut result)?;
+            // Whatever reading made the session answer (the handshake's last flight).
+            self.flush()?;
+            return Ok(result);
+        }
         loop {
             let n = match self.stream.read(buffer) {
                 Ok(0) => {
@@ -110,25 +161,81 @@ impl Client {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            let mut data = &buffer[..n];
-            while !data.is_empty() {
-                let take = (line_len - self.line_pos).min(data.len());
-                let (chunk, rest) = data.split_at(take);
-                self.line_differs |= chunk != &self.expected[self.line_pos..self.line_pos + take];
-                self.line_pos += take;
-                data = rest;
-                if self.line_pos == line_len {
-                    if std::mem::take(&mut self.line_differs) {
-                        result.mismatched += 1;
-                    }
-                    self.line_pos = 0;
-                    self.received += 1;
-                    result.lines += 1;
-                    if let Some(sent_at) = self.send_times.pop_front() {
-                        histogram.record(now.saturating_duration_since(sent_at));
-                    }
-                    make_line(&self.template, self.received, &mut self.expected);
+            self.check(&buffer[..n], histogram, now, &mut result);
+        }
+    }
+
+    fn receive_tls(
+        &mut self,
+        buffer: &mut [u8],
+        histogram: &mut Histogram,
+        now: Instant,
+        result: &mut Received,
+    ) -> io::Result<()> {
+        let Some(mut tls) = self.tls.take() else {
+            return Ok(());
+        };
+        let outcome = loop {
+            match tls.read_tls(&mut self.stream) {
+                Ok(0) => {
+                    result.eof = true;
+                    break Ok(());
                 }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => break Err(e),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                break Err(io::Error::other(e));
+            }
+            loop {
+                match tls.reader().read(buffer) {
+                    Ok(0) if !buffer.is_empty() => {
+                        result.eof = true;
+                        break;
+                    }
+                    Ok(0) => break,
+                    Ok(n) => self.check(&buffer[..n], histogram, now, result),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        self.tls = Some(tls);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        self.tls = Some(tls);
+        outcome
+    }
+
+    /// Checks echoed bytes against the lines sent, recording each completed line's latency.
+    fn check(
+        &mut self,
+        data: &[u8],
+        histogram: &mut Histogram,
+        now: Instant,
+        result: &mut Received,
+    ) {
+        let line_len = self.template.len();
+        let mut data = data;
+        while !data.is_empty() {
+            let take = (line_len - self.line_pos).min(data.len());
+            let (chunk, rest) = data.split_at(take);
+            self.line_differs |= chunk != &self.expected[self.line_pos..self.line_pos + take];
+            self.line_pos += take;
+            data = rest;
+            if self.line_pos == line_len {
+                if std::mem::take(&mut self.line_differs) {
+                    result.mismatched += 1;
+                }
+                self.line_pos = 0;
+                self.received += 1;
+                result.lines += 1;
+                if let Some(sent_at) = self.send_times.pop_front() {
+                    histogram.record(now.saturating_duration_since(sent_at));
+                }
+                make_line(&self.template, self.received, &mut self.expected);
             }
         }
     }

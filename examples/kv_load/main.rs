@@ -58,6 +58,10 @@ struct Args {
     /// Connection attempts in progress at once while connecting
     #[arg(long, default_value_t = 256)]
     connect_batch: usize,
+    /// Speak TLS (rustls, its ring provider), trusting the CA certificates in this PEM file
+    /// for the name localhost; a connection counts once its handshake is complete
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<std::path::PathBuf>,
 }
 
 /// How long connecting may take before the run gives up.
@@ -163,6 +167,7 @@ fn run(args: &Args) -> io::Result<u64> {
 fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<Client>> {
     let mut events = Events::with_capacity(4096);
     let mut clients: Vec<Client> = Vec::with_capacity(args.connections);
+    let tls = args.tls_ca.as_deref().map(tls_config).transpose()?;
     let mut connecting = 0usize;
     let mut next_id = 0usize;
     let deadline = Instant::now() + CONNECT_LIMIT;
@@ -180,7 +185,8 @@ fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<
                         Interest::READABLE | Interest::WRITABLE,
                     )?;
                     let line_len = args.line_bytes as usize;
-                    clients.push(Client::new(stream, next_id as u64, line_len, args.depth));
+                    let id = next_id as u64;
+                    clients.push(Client::new(stream, tls.as_ref(), id, line_len, args.depth));
                     connecting += 1;
                 }
                 Err(e) => {
@@ -204,15 +210,22 @@ fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<
             }
             let failure = if event.is_error() || event.is_write_closed() {
                 Some(format!("{:?}", client.stream.take_error().ok().flatten()))
-            } else if event.is_writable() {
+            } else if event.is_writable() || event.is_readable() {
                 match client.stream.is_connected() {
                     Ok(true) => {
                         if let Some(tcp) = client.stream.as_tcp() {
                             let _ = tcp.set_nodelay(true);
                         }
-                        client.connected = true;
-                        connecting -= 1;
-                        None
+                        // With TLS, connected means the handshake is complete.
+                        match client.handshake() {
+                            Err(e) => Some(format!("TLS handshake: {e}")),
+                            Ok(()) if client.handshaking() => None,
+                            Ok(()) => {
+                                client.connected = true;
+                                connecting -= 1;
+                                None
+                            }
+                        }
                     }
                     Ok(false) => None,
                     Err(e) => Some(e.to_string()),
@@ -229,6 +242,26 @@ fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<
         }
     }
     Ok(clients)
+}
+
+/// A client configuration trusting the CA certificates in `path`.
+fn tls_config(path: &std::path::Path) -> io::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?
+    {
+        let certificate =
+            certificate.map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+        roots.add(certificate).map_err(io::Error::other)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 /// Keeps `--depth` lines in flight on every connection until the time or the line quota is

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# TLS side by side: kv_server --tls-cert against what a Rust user would write, a tokio +
+# tokio-rustls echo with the same crypto provider (ring) and protocol versions
+# (benches/baselines, "tokio_rustls"), each pinned to CPU 0 with the client on CPU 1, taking
+# turns within each round. Certificates are made here by openssl: an ECDSA P-256 key, or
+# RSA-2048 with KEY=rsa.
+#
+# Scenarios (for --only): idle-memory (10,000 connections held idle after their handshakes),
+# request/response, bulk, 10k (10,000 connections each with a line in flight; kv_load
+# --tls-ca), handshakes (openssl s_time: a new full
+# handshake per connection, one after another, for the run's seconds; the server's CPU
+# time per handshake is what one core's handshake rate is the inverse of).
+#
+# Usage: bash benches/tls.sh [--against BINARY] [--kv-args "ARGS"] [--before-args "ARGS"]
+#                            [--only "SCENARIO..."] [seconds per run, default 5] [rounds, default 1]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=benches/side_by_side.sh
+source benches/side_by_side.sh
+cargo build --release --quiet --bins --example kv_load
+parse_options tls.sh 5 "$@"
+load=./target/release/examples/kv_load
+work="$(mktemp -d)"
+results="$work/results"
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+if [[ "${KEY:-ecdsa}" == rsa ]]; then
+    key_options=(-newkey rsa:2048)
+else
+    key_options=(-newkey ec -pkeyopt ec_paramgen_curve:P-256)
+fi
+openssl req -x509 "${key_options[@]}" -nodes -keyout "$work/key.pem" -out "$work/cert.pem" \
+    -days 2 -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -addext basicConstraints=critical,CA:FALSE 2>/dev/null
+tls=(--tls-cert "$work/cert.pem" --tls-key "$work/key.pem")
+
+declare -A port=([kv]=7340 [tokio_rustls]=7341 [kv_before]=7342)
+declare -A pid
+start() { # name command...
+    local name=$1; shift
+    taskset -c 0 "$@" 2>/dev/null &
+    pid[$name]=$!
+    pids+=($!)
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/${port[$name]}") 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "tls.sh: $name did not start" >&2
+    exit 1
+}
+# shellcheck disable=SC2086 # the extra arguments are meant to split into words
+start kv ./target/release/kv_server --bind 127.0.0.1 --port "${port[kv]}" "${tls[@]}" \
+    --log-level error $kv_args
+start tokio_rustls "$baseline" tls "${port[tokio_rustls]}" "$work/cert.pem" "$work/key.pem"
+names=(kv tokio_rustls)
+if [[ -n "$against" ]]; then
+    # shellcheck disable=SC2086
+    start kv_before "$against" --bind 127.0.0.1 --port "${port[kv_before]}" "${tls[@]}" \
+        --log-level error $before_args
+    names+=(kv_before)
+fi
+
+rounds_of() { # count scenario kv_load-args...
+    local count=$1 scenario=$2; shift 2
+    wanted "$scenario" || return 0
+    for round in $(seq "$count"); do
+        for name in $(turn_order "$round" "${names[@]}"); do
+            echo "== $scenario, round $round: $name ($*)" | tee -a "$results"
+            taskset -c 1 "$load" --addr "127.0.0.1:${port[$name]}" --server-pid "${pid[$name]}" \
+                --tls-ca "$work/cert.pem" "$@" | tee -a "$results"
+        done
+    done
+}
+
+cpu_ns() { # pid: user + system time in ns
+    awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) * 1e9 / hz}' "/proc/$1/stat"
+}
+
+handshakes() {
+    wanted handshakes || return 0
+    for round in $(seq "$rounds"); do
+        for name in $(turn_order "$round" "${names[@]}"); do
+            echo "== handshakes, round $round: $name" | tee -a "$results"
+            local before after out count
+            before=$(cpu_ns "${pid[$name]}")
+            out=$(taskset -c 1 openssl s_time -connect "127.0.0.1:${port[$name]}" -new \
+                -time "$seconds" 2>&1 </dev/null)
+            after=$(cpu_ns "${pid[$name]}")
+            count=$(grep -oE '^[0-9]+ connections in [0-9.]+s' <<<"$out" | head -1 | cut -d' ' -f1)
+            echo "handshakes $count in $seconds s | server cpu: $(( (after - before) / 1000 / count )) us per handshake" \
+                | tee -a "$results"
+        done
+    done
+}
+
+# First, on fresh processes: memory a server keeps after a burst would blur the figure.
+rounds_of 1 "idle-memory" -c 10000 -d 0 -t 1
+rounds_of "$rounds" "request/response" -c 50 -l 128 -d 1 -t "$seconds"
+rounds_of "$rounds" "bulk" -c 1 -l 65536 -d 16 -t "$seconds"
+rounds_of 1 "10k" -c 10000 -l 128 -d 1 -t "$seconds"
+handshakes
+
+# Medians over the rounds, and each server's ratio to kv_server in the same run.
+python3 benches/medians.py "$results"

@@ -1,0 +1,377 @@
+//! TLS with the tools people test TLS endpoints with: certificates and keys made by
+//! Debian's openssl (RSA in PKCS#8 and PKCS#1, ECDSA in SEC1, Ed25519; a chain through an
+//! intermediate), `openssl s_client` over TLS 1.2 and 1.3, and socat's OPENSSL client.
+//! Skipped (with a message) where openssl or socat is missing, except under CI, which
+//! installs them.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+
+use common::{TestServer, TIMEOUT};
+use kv_server::{Config, Echo, TlsFiles};
+
+/// What every client sends: CR LF and LF line ends, a tab, UTF-8, and 0xFF.
+const LINES: &[u8] = b"hello over TLS\r\ncaf\xC3\xA9 \xE2\x9C\x93\ttab\n\xFF\xFE binary\n";
+
+/// A directory of openssl-made files, removed at the end.
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new(name: &str) -> Files {
+        let dir =
+            std::env::temp_dir().join(format!("kv_tls_openssl_{name}_{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Files { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let output = Command::new("openssl")
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// A root CA, and an intermediate it signed (ca.pem, intermediate.pem).
+    fn authorities(&self) {
+        self.openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "ca.key",
+        ]);
+        self.openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=kv test root",
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-out",
+            "ca.pem",
+        ]);
+        self.openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "intermediate.key",
+        ]);
+        self.openssl(&[
+            "req",
+            "-new",
+            "-key",
+            "intermediate.key",
+            "-subj",
+            "/CN=kv test intermediate",
+            "-out",
+            "intermediate.csr",
+        ]);
+        std::fs::write(
+            self.path("intermediate.ext"),
+            "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
+        )
+        .unwrap();
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "intermediate.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "intermediate.ext",
+            "-out",
+            "intermediate.pem",
+        ]);
+    }
+
+    /// A server key of `kind` and a certificate for 127.0.0.1 and localhost signed by the
+    /// intermediate; the certificate file holds the chain (leaf, then intermediate).
+    fn server(&self, kind: &str) -> TlsFiles {
+        let key = format!("{kind}.key");
+        match kind {
+            "rsa-pkcs8" => self.openssl(&[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                &key,
+            ]),
+            "rsa-pkcs1" => {
+                self.openssl(&[
+                    "genpkey",
+                    "-algorithm",
+                    "RSA",
+                    "-pkeyopt",
+                    "rsa_keygen_bits:2048",
+                    "-out",
+                    "rsa.tmp",
+                ]);
+                self.openssl(&["rsa", "-in", "rsa.tmp", "-traditional", "-out", &key]);
+            }
+            "ecdsa-sec1" => self.openssl(&[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &key,
+            ]),
+            "ed25519" => self.openssl(&["genpkey", "-algorithm", "ED25519", "-out", &key]),
+            other => panic!("unknown key kind {other}"),
+        }
+        let csr = format!("{kind}.csr");
+        self.openssl(&[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            "/CN=localhost",
+            "-out",
+            &csr,
+        ]);
+        std::fs::write(
+            self.path("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let leaf = format!("{kind}.leaf.pem");
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "intermediate.pem",
+            "-CAkey",
+            "intermediate.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            &leaf,
+        ]);
+        let mut chain = std::fs::read(self.path(&leaf)).unwrap();
+        chain.extend(std::fs::read(self.path("intermediate.pem")).unwrap());
+        let cert = format!("{kind}.chain.pem");
+        std::fs::write(self.path(&cert), chain).unwrap();
+        TlsFiles {
+            cert: self.path(&cert),
+            key: self.path(&key),
+            client_ca: None,
+        }
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs a client that takes its input on stdin and prints the echo on stdout: sends
+/// `LINES`, waits for as many bytes back, then ends its input. Returns the echo.
+fn round_trip(command: &mut Command) -> Vec<u8> {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut echo = vec![0; LINES.len()];
+        let read = stdout.read_exact(&mut echo).map(|()| echo);
+        let _ = tx.send(read);
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(LINES).unwrap();
+    stdin.flush().unwrap();
+    let echo = rx.recv_timeout(TIMEOUT);
+    drop(stdin);
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    match echo {
+        Ok(Ok(echo)) => echo,
+        other => panic!(
+            "{command:?}: no echo ({other:?}); stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+fn s_client(addr: std::net::SocketAddr, ca: &Path, version: &str) -> Command {
+    let mut command = Command::new("openssl");
+    command
+        .args([
+            "s_client",
+            "-quiet",
+            "-no_ign_eof",
+            "-verify_return_error",
+            version,
+        ])
+        .arg("-connect")
+        .arg(addr.to_string())
+        .arg("-CAfile")
+        .arg(ca)
+        .args(["-verify_hostname", "localhost"]);
+    command
+}
+
+#[test]
+fn openssl_s_client_echoes_byte_exact_with_every_key_kind_over_tls_1_2_and_1_3() {
+    if !common::tool_installed("openssl", "openssl") {
+        return;
+    }
+    let files = Files::new("s_client");
+    files.authorities();
+    for kind in ["ecdsa-sec1", "rsa-pkcs8", "rsa-pkcs1", "ed25519"] {
+        let config = Config {
+            tls: Some(files.server(kind)),
+            ..Config::default()
+        };
+        let server = TestServer::start_with(config, Box::new(Echo));
+        for version in ["-tls1_3", "-tls1_2"] {
+            let echo = round_trip(&mut s_client(server.addr, &files.path("ca.pem"), version));
+            assert_eq!(echo, LINES, "{kind} {version}");
+        }
+    }
+}
+
+#[test]
+fn socat_openssl_client_echoes_byte_exact() {
+    if !common::tool_installed("openssl", "openssl") || !common::tool_installed("socat", "socat") {
+        return;
+    }
+    let files = Files::new("socat");
+    files.authorities();
+    let config = Config {
+        tls: Some(files.server("ecdsa-sec1")),
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config, Box::new(Echo));
+    let ca = files.path("ca.pem");
+    let echo = round_trip(Command::new("socat").arg("-").arg(format!(
+        "OPENSSL:127.0.0.1:{},cafile={},commonname=localhost",
+        server.addr.port(),
+        ca.display()
+    )));
+    assert_eq!(echo, LINES);
+}
+
+#[test]
+fn openssl_s_client_with_a_client_certificate_is_served_and_without_one_refused() {
+    if !common::tool_installed("openssl", "openssl") {
+        return;
+    }
+    let files = Files::new("mtls");
+    files.authorities();
+    let mut tls = files.server("ecdsa-sec1");
+    tls.client_ca = Some(files.path("ca.pem"));
+    // A client certificate signed by the root.
+    files.openssl(&[
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-out",
+        "client.key",
+    ]);
+    files.openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "client.key",
+        "-subj",
+        "/CN=kv test client",
+        "-out",
+        "client.csr",
+    ]);
+    std::fs::write(files.path("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    files.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+        "-out",
+        "client.pem",
+    ]);
+    let config = Config {
+        tls: Some(tls),
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config, Box::new(Echo));
+    let mut certified = s_client(server.addr, &files.path("ca.pem"), "-tls1_3");
+    certified
+        .arg("-cert")
+        .arg(files.path("client.pem"))
+        .arg("-key")
+        .arg(files.path("client.key"));
+    assert_eq!(round_trip(&mut certified), LINES);
+
+    let output = s_client(server.addr, &files.path("ca.pem"), "-tls1_3")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"let me in\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(!output.stdout.windows(9).any(|w| w == b"let me in"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("certificate required"), "{stderr}");
+}
