@@ -16,6 +16,8 @@ for line in open(sys.argv[1]):
     for metric, pattern in [("server us/line", r"server cpu: ([\d.]+) us per line"),
                             ("us/handshake", r"([\d.]+) us per handshake"),
                             ("lines/s", r"lines/s (\d+)"),
+                            ("p99 us", r"p99 (\d+) \|"),
+                            ("max us", r"max (\d+)$"),
                             ("MB/s", r"MB/s ([\d.]+)"),
                             ("bytes/conn", r"([\d.]+) bytes per connection"),
                             ("errors", r"^errors (\d+)")]:
@@ -25,7 +27,8 @@ for line in open(sys.argv[1]):
 print("\n== medians (ratio to kv in the same run)")
 for scenario in dict.fromkeys(k[0] for k in runs):
     names = [k[1] for k in runs if k[0] == scenario]
-    for metric in ["server us/line", "us/handshake", "lines/s", "MB/s", "bytes/conn", "errors"]:
+    for metric in ["server us/line", "us/handshake", "lines/s", "p99 us", "max us", "MB/s",
+                   "bytes/conn", "errors"]:
         cells = []
         base = statistics.median(runs[(scenario, "kv")].get(metric, [0])) if (scenario, "kv") in runs else 0
         for name in names:

@@ -9,7 +9,9 @@
 # request/response, bulk, 10k (10,000 connections each with a line in flight; kv_load
 # --tls-ca), handshakes (openssl s_time: a new full
 # handshake per connection, one after another, for the run's seconds; the server's CPU
-# time per handshake is what one core's handshake rate is the inverse of).
+# time per handshake is what one core's handshake rate is the inverse of), handshake-flood
+# (a polite client's round trips while FLOODERS, default 4, s_time loops handshake, at
+# the lowest priority so that they do not take the polite client's core from it).
 #
 # Usage: bash benches/tls.sh [--against BINARY] [--kv-args "ARGS"] [--before-args "ARGS"]
 #                            [--only "SCENARIO..."] [seconds per run, default 5] [rounds, default 1]
@@ -95,12 +97,32 @@ handshakes() {
     done
 }
 
+flood() { # a polite client's round trips while FLOODERS openssl s_time loops handshake
+    wanted handshake-flood || return 0
+    for round in $(seq "$rounds"); do
+        for name in $(turn_order "$round" "${names[@]}"); do
+            echo "== handshake-flood, round $round: $name" | tee -a "$results"
+            local flooders=()
+            for _ in $(seq "${FLOODERS:-4}"); do
+                nice -n 19 taskset -c 1 openssl s_time -connect "127.0.0.1:${port[$name]}" -new \
+                    -time $((seconds + 2)) >/dev/null 2>&1 </dev/null &
+                flooders+=($!)
+            done
+            sleep 1
+            taskset -c 1 "$load" --addr "127.0.0.1:${port[$name]}" --tls-ca "$work/cert.pem" \
+                -c 1 -l 32 -d 1 -t "$seconds" | tee -a "$results"
+            wait "${flooders[@]}" || true
+        done
+    done
+}
+
 # First, on fresh processes: memory a server keeps after a burst would blur the figure.
 rounds_of 1 "idle-memory" -c 10000 -d 0 -t 1
 rounds_of "$rounds" "request/response" -c 50 -l 128 -d 1 -t "$seconds"
 rounds_of "$rounds" "bulk" -c 1 -l 65536 -d 16 -t "$seconds"
 rounds_of 1 "10k" -c 10000 -l 128 -d 1 -t "$seconds"
 handshakes
+flood
 
 # Medians over the rounds, and each server's ratio to kv_server in the same run.
 python3 benches/medians.py "$results"

@@ -605,7 +605,7 @@ impl Connection {
             }
             if fed.established {
                 turn.traffic.tls_handshakes += 1;
-                log::debug!("{}: TLS handshake complete", self.peer);
+                log::debug!("{}: TLS handshake complete ({})", self.peer, tls.agreed());
                 if self.telnet.is_some() {
                     // The telnet offers owed go out first thing.
                     self.answer_input(&[], turn, true)?;

@@ -161,6 +161,19 @@ impl TlsLayer {
         self.session.reader().read(into).unwrap_or_default()
     }
 
+    /// What was agreed, for the log: the protocol version and the cipher suite.
+    pub fn agreed(&self) -> String {
+        let version = self
+            .session
+            .protocol_version()
+            .map_or_else(|| "TLS".to_owned(), |v| format!("{v:?}"));
+        let suite = self
+            .session
+            .negotiated_cipher_suite()
+            .map_or_else(String::new, |s| format!(", {:?}", s.suite()));
+        format!("{version}{suite}")
+    }
+
     /// The client sent `close_notify`: no more plaintext will come.
     pub fn peer_closed(&self) -> bool {
         self.peer_closed

@@ -1,0 +1,4 @@
+//! Fuzz target: the property `kv_server::fuzzing::tls_records` checks (see src/fuzzing.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kv_server::fuzzing::tls_records(data));
