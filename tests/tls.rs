@@ -211,16 +211,28 @@ fn plaintext_is_refused_at_once_and_a_stalled_handshake_in_time() {
     assert_eq!(answer.first(), Some(&0x15), "an alert record: {answer:x?}");
     assert!(!answer.windows(5).any(|w| w == b"hello"));
 
-    // A ClientHello's first bytes, then nothing: closed after the handshake time-out.
-    let mut stalled = server.connect();
-    stalled.write_all(&[0x16, 0x03, 0x01, 0x02]).unwrap();
-    let silent = server.connect();
+    // A ClientHello trickling in a byte every 50 ms: closed at the handshake time-out
+    // however busy it keeps the connection (time is the subject here, hence the sleeps).
     let started = Instant::now();
-    assert!(common::closed_within(&mut stalled, TIMEOUT));
+    let mut trickling = server.connect();
+    let silent = server.connect();
+    let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let mut sent = 0;
+    for byte in hello.iter().cycle().take(200) {
+        if trickling.write_all(&[*byte]).is_err() {
+            break;
+        }
+        sent += 1;
+        thread::sleep(Duration::from_millis(50));
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    assert!(common::closed_within(&mut trickling, TIMEOUT));
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
-        "closed after {waited:?}"
+        "closed after {waited:?}, {sent} bytes sent"
     );
     let mut silent = silent;
     assert!(common::closed_within(&mut silent, TIMEOUT));
