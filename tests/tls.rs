@@ -216,7 +216,9 @@ fn plaintext_is_refused_at_once_and_a_stalled_handshake_in_time() {
     let started = Instant::now();
     let mut trickling = server.connect();
     let silent = server.connect();
-    let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
+    let hello = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
     let mut sent = 0;
     for byte in hello.iter().cycle().take(200) {
         if trickling.write_all(&[*byte]).is_err() {
