@@ -31,6 +31,7 @@
 //! This room knows keys, not connections: the reactor serves a key and reports back.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use crate::metrics::Traffic;
 
@@ -47,6 +48,13 @@ pub(crate) const WRITE_SHARE: usize = 64 * 1024;
 /// round-robin goes on there. Reads and writes both count, so 1 MiB is 512 KiB of echo,
 /// about 0.3 ms here.
 pub(crate) const TURN_SHARE: usize = 1024 * 1024;
+/// How long the heavy connections' and the backlog's shares may take, from the start of the
+/// turn. Bytes bound a share well while the kernel moves them at its usual pace, but under a
+/// crowd that fills the machine's socket buffers a byte costs it ten times as much
+/// (measured: shares of 1 MiB taking 2-6 ms, turns of 8 ms), so time bounds them too. The
+/// clock is read only after services that moved more than a light one does: an interactive
+/// client's round trip never pays for it.
+pub(crate) const TURN_TIME: Duration = Duration::from_millis(1);
 /// What one service counts for beyond its bytes: two system calls and the bookkeeping
 /// around them, as much time as moving about 2 KiB.
 pub(crate) const SERVICE_COST: usize = 2 * 1024;
@@ -124,6 +132,7 @@ impl Schedule {
     /// already waits in a queue (the service it is owed covers this event too), or when the
     /// turn's share for its kind of event is spent (it waits, first in line, for the next
     /// turn).
+    #[inline]
     pub fn on_event(&mut self, key: usize) -> bool {
         let mark = self.mark(key);
         if mark.queued {
@@ -184,6 +193,7 @@ impl Schedule {
 
     /// A service of `key` for a fresh event (new, or owed from an earlier turn) moved
     /// `bytes`: charged to the share it was served from.
+    #[inline]
     pub fn charge_fresh(&mut self, key: usize, bytes: usize) {
         let cost = bytes + SERVICE_COST;
         if self.mark(key).heavy {
@@ -198,6 +208,17 @@ impl Schedule {
     pub fn charge_backlog(&mut self, key: usize, bytes: usize) {
         self.note(key, bytes);
         self.backlog_spent += bytes + SERVICE_COST;
+    }
+
+    /// After a service that moved `bytes`, in a turn that began at `turn_start`: once the
+    /// turn has taken [`TURN_TIME`], the heavy connections' and the backlog's shares are
+    /// spent, whatever their bytes say, and what they owe waits for the next turn.
+    #[inline]
+    pub fn check_turn_time(&mut self, bytes: usize, turn_start: Instant) {
+        if bytes > LIGHT_BYTES && turn_start.elapsed() >= TURN_TIME {
+            self.heavy_spent = self.heavy_spent.max(TURN_SHARE);
+            self.backlog_spent = self.backlog_spent.max(TURN_SHARE);
+        }
     }
 
     /// `key` has work left that no edge will announce: it goes to the back of the backlog.
@@ -286,6 +307,31 @@ mod tests {
         assert_eq!(schedule.next_heavy(), None);
         assert!(!schedule.has_work());
         assert!(schedule.on_event(2));
+    }
+
+    #[test]
+    fn a_turn_past_its_time_ends_the_heavy_shares_but_not_the_light_one() {
+        let mut schedule = Schedule::default();
+        schedule.charge_backlog(1, READ_SHARE); // heavy from now on
+        schedule.requeue(2);
+        schedule.begin_turn();
+        let long_ago = Instant::now() - 2 * TURN_TIME;
+        // A light service never reads the clock, nor ends anything.
+        schedule.check_turn_time(LIGHT_BYTES, long_ago);
+        assert!(schedule.on_event(1));
+        // A heavy one in a turn past its time ends the heavy share and the backlog's.
+        schedule.check_turn_time(LIGHT_BYTES + 1, long_ago);
+        assert!(!schedule.on_event(1), "heavy events wait for the next turn");
+        assert_eq!(schedule.next_backlog(), None);
+        assert!(
+            schedule.on_event(3),
+            "a light connection's event is still served"
+        );
+        // Within its time, nothing ends.
+        schedule.begin_turn();
+        schedule.check_turn_time(READ_SHARE, Instant::now());
+        assert_eq!(schedule.next_heavy(), Some(1));
+        assert_eq!(schedule.next_backlog(), Some(2));
     }
 
     #[test]

@@ -373,6 +373,7 @@ impl Server {
         while let Some(key) = next(&mut self.schedule) {
             let moved = self.serve(key, Readiness::OWED, now);
             charge(&mut self.schedule, key, moved);
+            self.schedule.check_turn_time(moved, now);
         }
     }
 
@@ -381,6 +382,7 @@ impl Server {
         if self.schedule.on_event(key) {
             let moved = self.serve(key, readiness, now);
             self.schedule.charge_fresh(key, moved);
+            self.schedule.check_turn_time(moved, now);
         }
     }
 
