@@ -26,49 +26,27 @@ trap cleanup EXIT
 declare -A port=([kv]=7040 [raw]=7041 [line]=7042 [kv_before]=7043)
 names=(kv raw line)
 declare -A pid
-start() { # name command...
-    local name=$1; shift
-    taskset -c 0 "$@" 2>/dev/null &
-    pid[$name]=$!
-    pids+=($!)
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/${port[$name]}") 2>/dev/null && return
-        sleep 0.1
-    done
-    echo "compare.sh: $name did not start" >&2
-    exit 1
-}
+load_args=()
 # shellcheck disable=SC2086 # the extra arguments are meant to split into words
-start kv ./target/release/kv_server --bind 127.0.0.1 --port "${port[kv]}" $kv_args
+start_server kv ./target/release/kv_server --bind 127.0.0.1 --port "${port[kv]}" $kv_args
 if [[ -n "$against" ]]; then
     # shellcheck disable=SC2086
-    start kv_before "$against" --bind 127.0.0.1 --port "${port[kv_before]}" $before_args
+    start_server kv_before "$against" --bind 127.0.0.1 --port "${port[kv_before]}" $before_args
     names=(kv kv_before)
 else
-    start raw "$baseline" raw "${port[raw]}"
-    start line "$baseline" line "${port[line]}"
+    start_server raw "$baseline" raw "${port[raw]}"
+    start_server line "$baseline" line "${port[line]}"
 fi
 
 run() { # scenario kv_load-args...
     local scenario=$1; shift
-    rounds_of "$rounds" "$scenario" "$@"
+    load_rounds "$rounds" "$scenario" "$@"
 }
 
-rounds_of() { # count scenario kv_load-args...
-    local count=$1 scenario=$2; shift 2
-    wanted "$scenario" || return 0
-    for round in $(seq "$count"); do
-        for name in $(turn_order "$round" "${names[@]}"); do
-            echo "== $scenario, round $round: $name ($*)" | tee -a "$results"
-            taskset -c 1 "$load" --addr "127.0.0.1:${port[$name]}" --server-pid "${pid[$name]}" "$@" \
-                | tee -a "$results"
-        done
-    done
-}
 
 # First, on fresh processes: memory a server keeps after a burst would blur the figure.
 # Scenario names (for --only): idle-memory request/response pipelined bulk 10k
-rounds_of 1 "idle-memory" -c 10000 -d 0 -t 1
+load_rounds 1 "idle-memory" -c 10000 -d 0 -t 1
 run "request/response" -c 50 -l 128 -d 1 -t "$seconds"
 run "pipelined" -c 50 -l 16 -d 32 -t "$seconds"
 run "bulk" -c 1 -l 65536 -d 16 -t "$seconds"

@@ -43,3 +43,36 @@ turn_order() {
         printf '%s\n' "$@"
     fi
 }
+
+# start_server NAME COMMAND...: runs a server pinned to CPU 0, notes its pid in pid[NAME]
+# and pids, and waits until it takes connections on port[NAME] (the three arrays are the
+# calling script's).
+start_server() {
+    local name=$1
+    shift
+    taskset -c 0 "$@" 2>/dev/null &
+    pid[$name]=$!
+    pids+=($!)
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/${port[$name]}") 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "${0##*/}: $name did not start" >&2
+    exit 1
+}
+
+# load_rounds COUNT SCENARIO KV_LOAD-ARGS...: COUNT rounds of kv_load (pinned to CPU 1)
+# against each server in names, taking turns, its reports appended to results (the
+# calling script's load, names, port, pid and results; load_args are put before ARGS).
+load_rounds() {
+    local count=$1 scenario=$2
+    shift 2
+    wanted "$scenario" || return 0
+    for round in $(seq "$count"); do
+        for name in $(turn_order "$round" "${names[@]}"); do
+            echo "== $scenario, round $round: $name ($*)" | tee -a "$results"
+            taskset -c 1 "$load" --addr "127.0.0.1:${port[$name]}" --server-pid "${pid[$name]}" \
+                "${load_args[@]}" "$@" | tee -a "$results"
+        done
+    done
+}

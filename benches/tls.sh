@@ -40,41 +40,19 @@ tls=(--tls-cert "$work/cert.pem" --tls-key "$work/key.pem")
 
 declare -A port=([kv]=7340 [tokio_rustls]=7341 [kv_before]=7342)
 declare -A pid
-start() { # name command...
-    local name=$1; shift
-    taskset -c 0 "$@" 2>/dev/null &
-    pid[$name]=$!
-    pids+=($!)
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/${port[$name]}") 2>/dev/null && return
-        sleep 0.1
-    done
-    echo "tls.sh: $name did not start" >&2
-    exit 1
-}
+load_args=(--tls-ca "$work/cert.pem")
 # shellcheck disable=SC2086 # the extra arguments are meant to split into words
-start kv ./target/release/kv_server --bind 127.0.0.1 --port "${port[kv]}" "${tls[@]}" \
+start_server kv ./target/release/kv_server --bind 127.0.0.1 --port "${port[kv]}" "${tls[@]}" \
     --log-level error $kv_args
-start tokio_rustls "$baseline" tls "${port[tokio_rustls]}" "$work/cert.pem" "$work/key.pem"
+start_server tokio_rustls "$baseline" tls "${port[tokio_rustls]}" "$work/cert.pem" "$work/key.pem"
 names=(kv tokio_rustls)
 if [[ -n "$against" ]]; then
     # shellcheck disable=SC2086
-    start kv_before "$against" --bind 127.0.0.1 --port "${port[kv_before]}" "${tls[@]}" \
+    start_server kv_before "$against" --bind 127.0.0.1 --port "${port[kv_before]}" "${tls[@]}" \
         --log-level error $before_args
     names+=(kv_before)
 fi
 
-rounds_of() { # count scenario kv_load-args...
-    local count=$1 scenario=$2; shift 2
-    wanted "$scenario" || return 0
-    for round in $(seq "$count"); do
-        for name in $(turn_order "$round" "${names[@]}"); do
-            echo "== $scenario, round $round: $name ($*)" | tee -a "$results"
-            taskset -c 1 "$load" --addr "127.0.0.1:${port[$name]}" --server-pid "${pid[$name]}" \
-                --tls-ca "$work/cert.pem" "$@" | tee -a "$results"
-        done
-    done
-}
 
 cpu_ns() { # pid: user + system time in ns
     awk -v hz="$(getconf CLK_TCK)" '{printf "%.0f", ($14 + $15) * 1e9 / hz}' "/proc/$1/stat"
@@ -117,10 +95,10 @@ flood() { # a polite client's round trips while FLOODERS openssl s_time loops ha
 }
 
 # First, on fresh processes: memory a server keeps after a burst would blur the figure.
-rounds_of 1 "idle-memory" -c 10000 -d 0 -t 1
-rounds_of "$rounds" "request/response" -c 50 -l 128 -d 1 -t "$seconds"
-rounds_of "$rounds" "bulk" -c 1 -l 65536 -d 16 -t "$seconds"
-rounds_of 1 "10k" -c 10000 -l 128 -d 1 -t "$seconds"
+load_rounds 1 "idle-memory" -c 10000 -d 0 -t 1
+load_rounds "$rounds" "request/response" -c 50 -l 128 -d 1 -t "$seconds"
+load_rounds "$rounds" "bulk" -c 1 -l 65536 -d 16 -t "$seconds"
+load_rounds 1 "10k" -c 10000 -l 128 -d 1 -t "$seconds"
 handshakes
 flood
 

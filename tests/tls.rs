@@ -271,6 +271,29 @@ fn a_proxy_header_comes_before_the_handshake() {
 }
 
 #[test]
+fn the_unix_socket_speaks_tls_too() {
+    let pki = Pki::new("unix");
+    let path = pki.dir.join("kv.sock");
+    let server = tls_server(&pki, |config| config.unix = Some(path.clone()));
+    let socket = std::os::unix::net::UnixStream::connect(&path).expect("the Unix socket");
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let config = tls::client_config(pki.ca_der(), None, None);
+    let session = rustls::ClientConnection::new(config, name).unwrap();
+    let mut stream = rustls::StreamOwned::new(session, socket);
+    stream.write_all(b"over a Unix socket\n").unwrap();
+    let mut back = vec![0; b"over a Unix socket\n".len()];
+    stream
+        .read_exact(&mut back)
+        .expect("the echo, after a handshake");
+    assert_eq!(back, b"over a Unix socket\n");
+    assert_eq!(
+        scrape(server.metrics.unwrap())["kv_server_tls_handshakes_total"],
+        1.0
+    );
+}
+
+#[test]
 fn telnet_runs_inside_tls() {
     let pki = Pki::new("telnet");
     let server = tls_server(&pki, |config| config.telnet = true);

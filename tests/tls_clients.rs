@@ -49,8 +49,8 @@ impl Files {
         );
     }
 
-    /// A root CA, and an intermediate it signed (ca.pem, intermediate.pem).
-    fn authorities(&self) {
+    /// An ECDSA P-256 key in `name` (PKCS#8).
+    fn ec_key(&self, name: &str) {
         self.openssl(&[
             "genpkey",
             "-algorithm",
@@ -58,8 +58,43 @@ impl Files {
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
             "-out",
-            "ca.key",
+            name,
         ]);
+    }
+
+    /// A certificate `NAME.pem` for `key`, with `subject` and `extensions`, signed by the
+    /// CA `issuer` (`ISSUER.pem`, `ISSUER.key`).
+    fn sign(&self, name: &str, key: &str, subject: &str, extensions: &str, issuer: &str) {
+        let (csr, ext, pem) = (
+            format!("{name}.csr"),
+            format!("{name}.ext"),
+            format!("{name}.pem"),
+        );
+        self.openssl(&["req", "-new", "-key", key, "-subj", subject, "-out", &csr]);
+        std::fs::write(self.path(&ext), extensions).unwrap();
+        let (issuer_cert, issuer_key) = (format!("{issuer}.pem"), format!("{issuer}.key"));
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &issuer_cert,
+            "-CAkey",
+            &issuer_key,
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ]);
+    }
+
+    /// A root CA, and an intermediate it signed (ca.pem, intermediate.pem).
+    fn authorities(&self) {
+        self.ec_key("ca.key");
         self.openssl(&[
             "req",
             "-x509",
@@ -77,73 +112,32 @@ impl Files {
             "-out",
             "ca.pem",
         ]);
-        self.openssl(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
+        self.ec_key("intermediate.key");
+        self.sign(
+            "intermediate",
             "intermediate.key",
-        ]);
-        self.openssl(&[
-            "req",
-            "-new",
-            "-key",
-            "intermediate.key",
-            "-subj",
             "/CN=kv test intermediate",
-            "-out",
-            "intermediate.csr",
-        ]);
-        std::fs::write(
-            self.path("intermediate.ext"),
             "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n",
-        )
-        .unwrap();
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "intermediate.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "intermediate.ext",
-            "-out",
-            "intermediate.pem",
-        ]);
+            "ca",
+        );
     }
 
     /// A server key of `kind` and a certificate for 127.0.0.1 and localhost signed by the
     /// intermediate; the certificate file holds the chain (leaf, then intermediate).
     fn server(&self, kind: &str) -> TlsFiles {
         let key = format!("{kind}.key");
+        let rsa = [
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ];
         match kind {
-            "rsa-pkcs8" => self.openssl(&[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                &key,
-            ]),
+            "rsa-pkcs8" => self.openssl(&[&rsa[..], &[key.as_str()]].concat()),
             "rsa-pkcs1" => {
-                self.openssl(&[
-                    "genpkey",
-                    "-algorithm",
-                    "RSA",
-                    "-pkeyopt",
-                    "rsa_keygen_bits:2048",
-                    "-out",
-                    "rsa.tmp",
-                ]);
+                self.openssl(&[&rsa[..], &["rsa.tmp"]].concat());
                 self.openssl(&["rsa", "-in", "rsa.tmp", "-traditional", "-out", &key]);
             }
             "ecdsa-sec1" => self.openssl(&[
@@ -158,41 +152,15 @@ impl Files {
             "ed25519" => self.openssl(&["genpkey", "-algorithm", "ED25519", "-out", &key]),
             other => panic!("unknown key kind {other}"),
         }
-        let csr = format!("{kind}.csr");
-        self.openssl(&[
-            "req",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            "/CN=localhost",
-            "-out",
-            &csr,
-        ]);
-        std::fs::write(
-            self.path("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        let leaf = format!("{kind}.leaf.pem");
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "intermediate.pem",
-            "-CAkey",
-            "intermediate.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
+        let leaf = format!("{kind}.leaf");
+        self.sign(
             &leaf,
-        ]);
-        let mut chain = std::fs::read(self.path(&leaf)).unwrap();
+            &key,
+            "/CN=localhost",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            "intermediate",
+        );
+        let mut chain = std::fs::read(self.path(&format!("{leaf}.pem"))).unwrap();
         chain.extend(std::fs::read(self.path("intermediate.pem")).unwrap());
         let cert = format!("{kind}.chain.pem");
         std::fs::write(self.path(&cert), chain).unwrap();
@@ -311,43 +279,14 @@ fn openssl_s_client_with_a_client_certificate_is_served_and_without_one_refused(
     let mut tls = files.server("ecdsa-sec1");
     tls.client_ca = Some(files.path("ca.pem"));
     // A client certificate signed by the root.
-    files.openssl(&[
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
+    files.ec_key("client.key");
+    files.sign(
+        "client",
         "client.key",
-    ]);
-    files.openssl(&[
-        "req",
-        "-new",
-        "-key",
-        "client.key",
-        "-subj",
         "/CN=kv test client",
-        "-out",
-        "client.csr",
-    ]);
-    std::fs::write(files.path("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    files.openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-        "-out",
-        "client.pem",
-    ]);
+        "extendedKeyUsage=clientAuth\n",
+        "ca",
+    );
     let config = Config {
         tls: Some(tls),
         metrics: Some("127.0.0.1:0".parse().unwrap()),
