@@ -288,16 +288,19 @@ impl ConnectionTable {
         {
             limit.add(ip);
         }
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|config| connection.speak_tls(Arc::clone(config), deadline));
+        let opening = connection.opening_deadline().is_some();
         if let Some(idle) = self.idle.as_mut() {
             idle.push_back(&mut self.slab, key, now);
         }
-        if let (Some(config), Some(connection)) = (&self.tls, self.slab.get_mut(key)) {
-            if let Err(fault) = connection.speak_tls(Arc::clone(config), deadline) {
-                self.close(registry, key, Ending::Fault(fault));
-                return None;
-            }
+        if let Some(Err(fault)) = tls {
+            self.close(registry, key, Ending::Fault(fault));
+            return None;
         }
-        if connection_opening(&self.slab, key) {
+        if opening {
             self.awaiting_openings.push_back((deadline, key));
         }
         Some(key)
@@ -447,12 +450,6 @@ impl ConnectionTable {
             release_freed_memory();
         }
     }
-}
-
-/// The connection under `key` is in its opening: its PROXY header or TLS handshake.
-fn connection_opening(slab: &Slab<Connection>, key: usize) -> bool {
-    slab.get(key)
-        .is_some_and(|connection| connection.opening_deadline().is_some())
 }
 
 /// What a connection's turn borrows of the table, from one lookup.

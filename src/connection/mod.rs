@@ -570,13 +570,10 @@ impl Connection {
             self.close_tls(turn)?;
             return received;
         }
-        turn.tls_records.clear();
-        tls.take_records(turn.tls_records);
+        let sent = send_records(&mut tls, &mut self.socket, &mut self.output, turn);
         self.tls = Some(tls);
-        let sent = self.output.send(&mut self.socket, turn.tls_records);
         received?;
-        turn.traffic.bytes_sent += sent? as u64;
-        Ok(())
+        Ok(sent?)
     }
 
     fn open_records(
@@ -622,15 +619,13 @@ impl Connection {
 
     /// With TLS, makes and sends our `close_notify` (once): after the last answer, before
     /// the FIN.
+    #[cold]
     fn close_tls(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
         let Some(tls) = self.tls.as_mut() else {
             return Ok(());
         };
         tls.close();
-        turn.tls_records.clear();
-        tls.take_records(turn.tls_records);
-        turn.traffic.bytes_sent += self.output.send(&mut self.socket, turn.tls_records)? as u64;
-        Ok(())
+        Ok(send_records(tls, &mut self.socket, &mut self.output, turn)?)
     }
 
     /// Frames `data` after the unfinished line and answers each run of complete lines.
@@ -677,42 +672,54 @@ impl Connection {
     }
 
     /// Answers the unfinished last line when no more input will follow it.
+    // Once per connection at most: kept out of the read loop it ends.
+    #[cold]
     fn answer_tail(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
         if self.partial.is_empty() {
             return Ok(());
         }
-        let escapes_iac = self.telnet.is_some();
         let (socket, output) = (&mut self.socket, &mut self.output);
-        let Some(tls) = self.tls.as_mut() else {
+        if self.telnet.is_none() && self.tls.is_none() {
             return line::finish(&mut self.partial, &mut |piece| {
                 let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
-                let sent = if escapes_iac {
-                    turn.gathered.clear();
-                    telnet::escape_into(answer, turn.gathered);
-                    output.send(socket, turn.gathered)?
-                } else {
-                    output.send(socket, answer)?
-                };
-                turn.traffic.bytes_sent += sent as u64;
+                turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
                 Ok(())
             });
-        };
+        }
+        // With layers, the tail's answers go down in one piece, as a read's do.
+        let escapes_iac = self.telnet.is_some();
+        turn.gathered.clear();
         line::finish(&mut self.partial, &mut |piece| {
             let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
             if escapes_iac {
-                turn.gathered.clear();
                 telnet::escape_into(answer, turn.gathered);
-                tls.seal(turn.gathered)?;
             } else {
-                tls.seal(answer)?;
+                turn.gathered.extend_from_slice(answer);
             }
             Ok::<(), Fault>(())
         })?;
-        turn.tls_records.clear();
-        tls.take_records(turn.tls_records);
-        turn.traffic.bytes_sent += output.send(socket, turn.tls_records)? as u64;
+        match self.tls.as_mut() {
+            Some(tls) => {
+                tls.seal(turn.gathered)?;
+                send_records(tls, socket, output, turn)?;
+            }
+            None => turn.traffic.bytes_sent += output.send(socket, turn.gathered)? as u64,
+        }
         Ok(())
     }
+}
+
+/// Takes every record the TLS layer has made and sends them in one write, counted.
+fn send_records(
+    tls: &mut TlsLayer,
+    socket: &mut Stream,
+    output: &mut OutputBuffer,
+    turn: &mut Turn<'_>,
+) -> io::Result<()> {
+    turn.tls_records.clear();
+    tls.take_records(turn.tls_records);
+    turn.traffic.bytes_sent += output.send(socket, turn.tls_records)? as u64;
+    Ok(())
 }
 
 /// Where a connection's answers go.
