@@ -5,23 +5,21 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::crowd::{connect_from, push_all, source_address, Hog};
+use common::crowd::{self, connect_from, push_all, source_address, Hog};
 use common::{assert_echo, ServerProcess, TestServer};
 use kv_server::{Config, Echo};
+use kv_testkit::kernel::{self, Counters};
+use socket2::{Domain, SockRef, Socket, Type};
 
 const MIB: u64 = 1024;
+/// How long the hogs have, all together, to read back their echoes.
+const READ_BACK_TIME: Duration = Duration::from_secs(120);
 
-/// The crowds run one at a time: together they would pass this process's 20,000 descriptors.
-static ONE_CROWD_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_crowd_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_CROWD_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 /// What one connection may cost beyond the budget, in KiB: its slab entry and the slab's
 /// growth (about 165 bytes idle), allocator headers, and the holes the allocator keeps as
 /// buffers come and go. With 2,000 hogs churning, the peak RSS above idle + the budget was
@@ -46,25 +44,25 @@ fn polite_client(addr: std::net::SocketAddr, done: &AtomicBool) -> Vec<Duration>
     latencies
 }
 
-/// Every hog reads back what it sent: how many got all of it, and how many had been closed.
-/// A failure says what the server was doing then, from its metrics endpoint.
-fn read_back_all(crowd: &mut [Hog], server: &ServerProcess) -> (usize, usize) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let (mut intact, mut closed) = (0, 0);
-    for (n, hog) in crowd.iter_mut().enumerate() {
-        match hog.read_back(deadline) {
-            Ok(true) => intact += 1,
-            Ok(false) => closed += 1,
-            Err(e) => {
-                let mut state: Vec<_> = common::scrape(server.metrics_addr())
-                    .into_iter()
-                    .filter(|(name, _)| name.starts_with("kv_server_"))
-                    .map(|(name, value)| format!("{name} {value}"))
-                    .collect();
-                state.sort();
-                panic!("hog {n}'s echo went wrong: {e}; the server: {state:#?}");
-            }
-        }
+/// Every hog reads back what it sent, all at once: how many got all of it, and how many
+/// had been closed. A failure says what the server was doing then, from its metrics
+/// endpoint, and what the kernel did since the crowd began (`kernel`), so that a kernel
+/// drop is told from a server stall at a glance.
+fn read_back_all(crowd: &mut [Hog], server: &ServerProcess, kernel: &Counters) -> (usize, usize) {
+    let (intact, closed, wrong) = crowd::read_back_all(crowd, Instant::now() + READ_BACK_TIME);
+    if !wrong.is_empty() {
+        let mut state: Vec<_> = common::scrape(server.metrics_addr())
+            .into_iter()
+            .filter(|(name, _)| name.starts_with("kv_server_"))
+            .map(|(name, value)| format!("{name} {value}"))
+            .collect();
+        state.sort();
+        panic!(
+            "{} hogs' echoes went wrong, the first: {}; {}; the server: {state:#?}",
+            wrong.len(),
+            wrong[0],
+            kernel.since()
+        );
     }
     (intact, closed)
 }
@@ -74,19 +72,29 @@ fn p99(mut latencies: Vec<Duration>) -> Duration {
     latencies[(latencies.len() * 99 / 100).min(latencies.len() - 1)]
 }
 
-/// `hogs` clients each send `quota` bytes without reading while a polite client keeps
+/// `hogs` clients each send up to `quota` bytes without reading while a polite client keeps
 /// making round trips; the server's peak memory stays within idle + budget + a constant per
 /// connection, and every hog not closed for the budget gets all its bytes back in order.
+///
+/// Each hog's bytes that the server has not taken wait in three kernel buffers (the hog's
+/// send buffer, the server's receive and send buffers; the hog's own receive buffer is
+/// 4 KiB): these are sized for the crowd, see [`crowd_server`].
 fn crowd_within_budget(hogs: usize, quota: usize, lines: bool, budget_mib: u64) {
-    let _turn = one_crowd_at_a_time();
+    let _turn = kernel::crowd_turn();
     common::raise_fd_limit();
     let budget = (budget_mib * 1024 * 1024).to_string();
-    let server =
-        ServerProcess::start(&["--max-buffered-bytes", &budget, "--metrics", "127.0.0.1:0"]);
+    let (server, buffer) = crowd_server(
+        hogs,
+        3,
+        &["--max-buffered-bytes", &budget, "--metrics", "127.0.0.1:0"],
+    );
+    assert_crowd_exceeds_budget(hogs, quota - 3 * 2 * buffer, budget_mib);
+    let kernel = Counters::now();
     let idle = server.status_kib("VmRSS");
     let mut crowd: Vec<Hog> = (0..hogs)
         .map(|n| {
             let stream = connect_from(source_address(n), server.addr(), true);
+            SockRef::from(&stream).set_send_buffer_size(buffer).unwrap();
             Hog::new(stream, n as u64, quota, lines)
         })
         .collect();
@@ -107,19 +115,53 @@ fn crowd_within_budget(hogs: usize, quota: usize, lines: bool, budget_mib: u64) 
     let peak = server.status_kib("VmHWM");
     let bound = idle + budget_mib * MIB + hogs as u64 * PER_CONNECTION_KIB;
     let pushed: usize = crowd.iter().map(|hog| hog.sent).sum();
-    let (intact, closed) = read_back_all(&mut crowd, &server);
+    let (intact, closed) = read_back_all(&mut crowd, &server, &kernel);
     println!(
-        "{hogs} hogs ({}), {} MB pushed: server peak {peak} KiB (idle {idle} KiB, bound {bound} \
-         KiB); polite client {} round trips, p99 {:?}; hogs intact {intact}, closed {closed}",
+        "{hogs} hogs ({}), socket buffers of {buffer} bytes, {} MB pushed: server peak {peak} KiB (idle {idle} KiB, bound {bound} \
+         KiB); polite client {} round trips, p99 {:?}; hogs intact {intact}, closed {closed}; \
+         {}",
         if lines { "lines" } else { "no newline" },
         pushed / 1_000_000,
         latencies.len(),
-        p99(latencies.clone())
+        p99(latencies.clone()),
+        kernel.since()
     );
     assert!(peak <= bound, "peak {peak} KiB over {bound} KiB");
     // How fast is for the release build (README); here: its round trips kept completing.
     assert!(!latencies.is_empty(), "the polite client kept being served");
     assert_eq!(intact + closed, hogs);
+}
+
+/// The binary, serving a listener whose accepted sockets inherit send and receive buffers
+/// sized so that `hogs` connections with `buffers_each` full buffers stay under the
+/// kernel's TCP memory pressure mark (`net.ipv4.tcp_mem`) with room to spare: the
+/// listener is passed by socket activation, as a service manager's `SendBuffer=` and
+/// `ReceiveBuffer=` would set it. Past the mark the kernel prunes and drops segments, and
+/// hogs wait for retransmissions whose timer doubles each time: no test of the server.
+/// Also the size chosen, for the hogs' own sockets.
+fn crowd_server(hogs: usize, buffers_each: usize, args: &[&str]) -> (ServerProcess, usize) {
+    let buffer = kernel::socket_buffer_for(hogs, buffers_each);
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.set_send_buffer_size(buffer).unwrap();
+    listener.set_recv_buffer_size(buffer).unwrap();
+    listener
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    listener.listen(4096).unwrap();
+    let server = ServerProcess::spawn(common::socket_activated(listener.as_raw_fd(), args, &[]));
+    (server, buffer)
+}
+
+/// A crowd too small to fill the budget twice over would test nothing: say so rather than
+/// pass.
+fn assert_crowd_exceeds_budget(hogs: usize, beyond_the_kernel: usize, budget_mib: u64) {
+    let total = (hogs * beyond_the_kernel) as u64;
+    assert!(
+        total > 2 * budget_mib * 1024 * 1024,
+        "with this machine's TCP memory ({}), each of {hogs} hogs leaves {beyond_the_kernel} \
+         bytes for the server, too few to fill a {budget_mib} MiB budget twice",
+        kernel::memory()
+    );
 }
 
 #[test]
@@ -237,16 +279,22 @@ fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[test]
 fn nineteen_thousand_unfinished_lines_stay_within_the_budget() {
-    let _turn = one_crowd_at_a_time();
+    let _turn = kernel::crowd_turn();
     common::raise_fd_limit();
     // As many as the per-process file limit here (20,000) leaves room for.
     let hogs = 19_000;
-    let server = ServerProcess::start(&["--metrics", "127.0.0.1:0"]);
+    let quota = 60 * 1024;
+    // No newline: nothing is echoed before the end, so only the hog's send buffer and the
+    // server's receive buffer fill.
+    let (server, buffer) = crowd_server(hogs, 2, &["--metrics", "127.0.0.1:0"]);
+    assert_crowd_exceeds_budget(hogs, quota - 2 * 2 * buffer, 64);
+    let kernel = Counters::now();
     let idle = server.status_kib("VmRSS");
     let mut crowd: Vec<Hog> = (0..hogs)
         .map(|n| {
             let stream = connect_from(source_address(n), server.addr(), false);
-            Hog::new(stream, n as u64, 60 * 1024, false)
+            SockRef::from(&stream).set_send_buffer_size(buffer).unwrap();
+            Hog::new(stream, n as u64, quota, false)
         })
         .collect();
     push_all(
@@ -256,10 +304,11 @@ fn nineteen_thousand_unfinished_lines_stay_within_the_budget() {
     );
     let peak = server.status_kib("VmHWM");
     let bound = idle + 64 * MIB + hogs as u64 * PER_CONNECTION_KIB;
-    let (intact, closed) = read_back_all(&mut crowd, &server);
+    let (intact, closed) = read_back_all(&mut crowd, &server, &kernel);
     println!(
-        "{hogs} unfinished 60 KiB lines: server peak {peak} KiB (idle {idle} KiB, bound \
-         {bound} KiB); intact {intact}, closed for the budget {closed}"
+        "{hogs} unfinished 60 KiB lines, socket buffers of {buffer} bytes: server peak {peak} KiB (idle {idle} KiB, \
+         bound {bound} KiB); intact {intact}, closed for the budget {closed}; {}",
+        kernel.since()
     );
     assert!(peak <= bound, "peak {peak} KiB over {bound} KiB");
     assert!(intact > 0 && closed > 0);

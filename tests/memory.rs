@@ -1,6 +1,10 @@
 //! Memory per idle connection, measured on the binary's RSS: a connection holding nothing
 //! pending owns no heap buffers, so thousands of idle clients cost little more than their
 //! slab slots.
+//!
+//! What is measured is the process's anonymous memory (`RssAnon`: heap, stacks), which is
+//! what it allocates. The rest of its RSS is the binary's own pages, read in as code runs:
+//! in this unoptimised build some 5.5 MiB, varying by a few hundred KiB with what ran.
 
 mod common;
 
@@ -16,11 +20,11 @@ fn idle_connections_cost_under_a_kilobyte_each() {
     let server = ServerProcess::start(&[]);
     let mut probe = common::connect(server.addr());
     common::assert_echo(&mut probe, b"warm up\n");
-    let idle_rss = server.status_kib("VmRSS");
-    // The 4 MiB target is for the release binary (see the README's figures: 3.2 MiB with
-    // rustls linked in); this is the unoptimised test build, whose larger code and
-    // relocated tables alone add some three mebibytes.
-    assert!(idle_rss < 7 * 1024, "idle server RSS {idle_rss} KiB");
+    let idle_rss = server.status_kib("RssAnon");
+    // The whole idle process is measured on the release binary (the README's figures);
+    // here, what it allocated: 0.7 MiB, most of it the 64 KiB read buffer, the logger
+    // and the loop's event list.
+    assert!(idle_rss < 2 * 1024, "idle server RssAnon {idle_rss} KiB");
 
     let mut clients = Vec::with_capacity(IDLE_CLIENTS);
     for i in 0..IDLE_CLIENTS {
@@ -36,10 +40,10 @@ fn idle_connections_cost_under_a_kilobyte_each() {
         client.read_exact(&mut back).unwrap();
         assert_eq!(back, expected.as_bytes());
     }
-    let loaded_rss = server.status_kib("VmRSS");
+    let loaded_rss = server.status_kib("RssAnon");
     let per_connection = (loaded_rss.saturating_sub(idle_rss) * 1024) / IDLE_CLIENTS as u64;
     eprintln!(
-        "RSS {idle_rss} KiB idle, {loaded_rss} KiB with {IDLE_CLIENTS} idle connections: \
+        "RssAnon {idle_rss} KiB idle, {loaded_rss} KiB with {IDLE_CLIENTS} idle connections: \
          {per_connection} bytes each"
     );
     assert!(
@@ -47,18 +51,19 @@ fn idle_connections_cost_under_a_kilobyte_each() {
         "{per_connection} bytes of RSS per idle connection"
     );
 
-    // When the burst is over, the server gives its memory back.
-    let fds_loaded = server.open_fds();
+    // When the burst is over, the server gives its memory back: it releases the slab and
+    // trims the heap once the last connection has closed, which is waited for.
     drop(clients);
     drop(probe);
     let deadline = std::time::Instant::now() + common::TIMEOUT;
-    while server.open_fds() > fds_loaded - IDLE_CLIENTS - 1 && std::time::Instant::now() < deadline
-    {
+    let mut after_rss = server.status_kib("RssAnon");
+    while after_rss > idle_rss + 256 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
+        after_rss = server.status_kib("RssAnon");
     }
-    let after_rss = server.status_kib("VmRSS");
     assert!(
         after_rss <= idle_rss + 256,
-        "RSS {after_rss} KiB after the clients left, {idle_rss} KiB before they came"
+        "RssAnon {after_rss} KiB {:?} after the clients left, {idle_rss} KiB before they came",
+        common::TIMEOUT
     );
 }

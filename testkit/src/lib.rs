@@ -1,7 +1,8 @@
 //! What kv_server's integration tests and its load generators (`examples/kv_load`,
 //! `examples/kv_crowd`) both need: a byte pattern that makes a misplaced or repeated chunk of
 //! an echo visible, readers of another process's CPU time, memory and descriptors from
-//! `/proc`, and crowds of clients from many loopback addresses.
+//! `/proc`, crowds of clients from many loopback addresses, and what the kernel's TCP
+//! stack did while they ran.
 //!
 //! It is a crate of its own so that the two are written once and neither is installed with
 //! the server.
@@ -9,6 +10,7 @@
 use std::io;
 
 pub mod crowd;
+pub mod kernel;
 
 /// A deterministic, incompressible-looking byte pattern covering every byte value except
 /// `\n` (which becomes `\r`), so that a misplaced or repeated chunk cannot go unnoticed.
