@@ -23,8 +23,11 @@ use crate::config::Config;
 use crate::stream::Peer;
 use crate::warning::{suppressed_note, RateLimit};
 
-/// A set of addresses given as CIDR blocks, IPv4 and IPv6 apart (an IPv6 block never
-/// holds IPv4 clients), as sorted disjoint ranges of the addresses' numbers.
+/// A set of addresses given as CIDR blocks, IPv4 and IPv6 apart, as sorted disjoint ranges
+/// of the addresses' numbers. A block of IPv4-mapped addresses (within `::ffff:0:0/96`, the
+/// form in which an IPv6 socket names its IPv4 clients) is the IPv4 block it maps, since
+/// those clients are looked up as the IPv4 addresses they are; any other IPv6 block holds
+/// IPv6 clients only.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct AddressSet {
     v4: Vec<(u128, u128)>,
@@ -40,7 +43,13 @@ impl AddressSet {
                     u32::from(net.network()).into(),
                     u32::from(net.broadcast()).into(),
                 )),
-                IpNet::V6(net) => v6.push((net.network().into(), net.broadcast().into())),
+                IpNet::V6(net) => match mapped_block(net) {
+                    Some(net) => v4.push((
+                        u32::from(net.network()).into(),
+                        u32::from(net.broadcast()).into(),
+                    )),
+                    None => v6.push((net.network().into(), net.broadcast().into())),
+                },
             }
         }
         AddressSet {
@@ -61,6 +70,13 @@ impl AddressSet {
             IpAddr::V6(ip) => within(&self.v6, u128::from(ip)),
         }
     }
+}
+
+/// The IPv4 block that an IPv6 block of IPv4-mapped addresses stands for, if it is one.
+fn mapped_block(net: ipnet::Ipv6Net) -> Option<ipnet::Ipv4Net> {
+    let mapped = net.network().to_ipv4_mapped()?;
+    let prefix = net.prefix_len().checked_sub(96)?;
+    ipnet::Ipv4Net::new(mapped, prefix).ok()
 }
 
 /// Ranges sorted by start, overlapping or adjacent ones joined.
@@ -171,7 +187,9 @@ pub(crate) fn warn_refused(
     }
 }
 
-/// Connections per client address, and the limit on them (`--max-connections-per-ip`).
+/// Connections per client address, and the limit on them (`--max-connections-per-ip`). An
+/// IPv4 client counts under its IPv4 address however it is written (`10.0.0.1` from an
+/// IPv4 socket or header, `::ffff:10.0.0.1` from an IPv6 one): it is one client.
 pub(crate) struct AddressLimit {
     counts: HashMap<IpAddr, usize>,
     limit: usize,
@@ -188,16 +206,17 @@ impl AddressLimit {
     }
 
     pub fn count(&self, ip: IpAddr) -> usize {
-        self.counts.get(&ip).copied().unwrap_or(0)
+        self.counts.get(&ip.to_canonical()).copied().unwrap_or(0)
     }
 
     pub fn add(&mut self, ip: IpAddr) -> usize {
-        let count = self.counts.entry(ip).or_insert(0);
+        let count = self.counts.entry(ip.to_canonical()).or_insert(0);
         *count += 1;
         *count
     }
 
     pub fn remove(&mut self, ip: IpAddr) {
+        let ip = ip.to_canonical();
         if let Some(count) = self.counts.get_mut(&ip) {
             *count -= 1;
             if *count == 0 {
@@ -275,6 +294,33 @@ mod tests {
         assert!(everything.contains("255.255.255.255".parse().unwrap()));
         assert!(everything.contains("ffff::".parse().unwrap()));
         assert!(!AddressSet::new(&[]).contains("127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn mapped_blocks_hold_the_ipv4_clients_they_name() {
+        let set = AddressSet::new(&blocks(&["::ffff:127.0.0.66/128", "::ffff:10.0.0.0/104"]));
+        assert_eq!(set, AddressSet::new(&blocks(&["127.0.0.66/32", "10.0.0.0/8"])));
+        for yes in ["127.0.0.66", "::ffff:127.0.0.66", "10.9.8.7", "::ffff:10.1.1.1"] {
+            assert!(set.contains(yes.parse().unwrap()), "{yes}");
+        }
+        for no in ["127.0.0.65", "::ffff:127.0.0.67", "11.0.0.0"] {
+            assert!(!set.contains(no.parse().unwrap()), "{no}");
+        }
+        // A block wider than the mapped range is an IPv6 block: it holds IPv6 clients.
+        let wide = AddressSet::new(&blocks(&["::/64"]));
+        assert!(wide.contains("::2".parse().unwrap()));
+        assert!(!wide.contains("::ffff:10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn one_client_counts_once_however_its_address_is_written() {
+        let mut limit = AddressLimit::new(1);
+        assert!(limit.admit("10.0.0.1:5000".parse().unwrap()));
+        assert!(!limit.admit("[::ffff:10.0.0.1]:5001".parse().unwrap()));
+        assert_eq!(limit.count("::ffff:10.0.0.1".parse().unwrap()), 2);
+        limit.remove("::ffff:10.0.0.1".parse().unwrap());
+        limit.remove("10.0.0.1".parse().unwrap());
+        assert_eq!(limit.count("10.0.0.1".parse().unwrap()), 0);
     }
 
     #[test]

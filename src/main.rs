@@ -99,7 +99,8 @@ struct Cli {
     shutdown_timeout: f64,
 
     /// Serve only clients from this block (CIDR, IPv4 or IPv6; a bare address is one host);
-    /// repeatable. Others are closed before anything is read [default: everyone]
+    /// repeatable. Others are closed before anything is read. An IPv4-mapped block
+    /// (::ffff:10.0.0.0/104) is the IPv4 block it names [default: everyone]
     #[arg(long, help_heading = "Access", value_name = "CIDR", value_parser = parse_cidr)]
     allow: Vec<IpNet>,
 

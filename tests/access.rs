@@ -144,6 +144,69 @@ fn allow_and_deny_lists_ipv6_on_a_dual_stack_port() {
     );
 }
 
+/// A dual-stack socket names its IPv4 clients `::ffff:a.b.c.d`, as the server's own logs do:
+/// a block written that way holds those clients, for TCP and for datagrams.
+#[test]
+fn mapped_blocks_refuse_the_ipv4_clients_they_name() {
+    let server = start_dual_stack(Config {
+        deny: blocks(&["::ffff:127.0.0.66", "::ffff:127.0.1.0/120"]),
+        udp: true,
+        udp_rate_per_source: 0,
+        ..Config::default()
+    });
+    let port = server.addr.port();
+    let ipv4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_refused(&mut connect_from("127.0.0.66", ipv4), b"mapped host denied
+");
+    assert_refused(&mut connect_from("127.0.1.9", ipv4), b"mapped block denied
+");
+    assert_echo(&mut connect_from("127.0.0.67", ipv4), b"the next one served
+");
+    assert_eq!(closed_for_access(&server), 2.0);
+
+    let udp = std::net::UdpSocket::bind("127.0.0.66:0").unwrap();
+    udp.send_to(b"denied datagram", ipv4).unwrap();
+    let served = std::net::UdpSocket::bind("127.0.0.67:0").unwrap();
+    served.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+    served.send_to(b"served datagram", ipv4).unwrap();
+    let mut back = [0u8; 64];
+    let (len, _) = served.recv_from(&mut back).unwrap();
+    assert_eq!(&back[..len], b"served datagram");
+    let dropped = common::scrape(server.metrics.unwrap())
+        ["kv_server_udp_datagrams_dropped_total{reason=\"access_denied\"}"];
+    assert_eq!(dropped, 1.0);
+}
+
+/// A client named by a trusted header counts once under `--max-connections-per-ip`,
+/// whether the header writes it as IPv4 or as an IPv4-mapped IPv6 address.
+#[test]
+fn the_per_address_limit_counts_a_mapped_address_as_its_ipv4_one() {
+    use ppp::v2::IPv6;
+    let server = start(Config {
+        proxy_from: blocks(&["127.0.0.2"]),
+        max_connections_per_ip: Some(1),
+        ..Config::default()
+    });
+    let mut first = connect_from("127.0.0.2", server.addr);
+    let mut header = header_naming([10, 0, 0, 1], 9000);
+    header.extend_from_slice(b"as IPv4\n");
+    first.write_all(&header).unwrap();
+    let mut back = vec![0u8; b"as IPv4\n".len()];
+    first.read_exact(&mut back).unwrap();
+
+    let mapped: std::net::Ipv6Addr = "::ffff:10.0.0.1".parse().unwrap();
+    let mut header = Builder::with_addresses(
+        Version::Two | Command::Proxy,
+        Protocol::Stream,
+        IPv6::new(mapped.octets(), [0; 16], 9001, 4040),
+    )
+    .build()
+    .unwrap();
+    header.extend_from_slice(b"as mapped IPv6\n");
+    let mut second = connect_from("127.0.0.2", server.addr);
+    assert_refused(&mut second, &header);
+}
+
 /// `--proxy-from 127.0.0.2`: the balancer's header names the client; a direct client on the
 /// same port is served without one; a header a direct client sends is only data.
 #[test]
