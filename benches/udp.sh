@@ -2,8 +2,10 @@
 # Datagram echo side by side: kv_server --udp, a tokio UdpSocket echo (what a Rust user
 # would write) and a plain C recvfrom/sendto loop (benches/baselines/udp_echo.c, built here
 # with the system's cc), each pinned to CPU 0 with kv_udp_load pinned to CPU 1, taking
-# turns within each round. kv_server runs with --udp-rate-per-source 0: the load comes
-# from two addresses, far over the default rate.
+# turns within each round. kv_server runs with --udp-rate-per-source 0 and --udp-rate 0:
+# the load comes from two addresses, far over the default rates. (kv_udp_load numbers its
+# datagrams, so the loop protection's memory of repeats never takes it for a loop.) A
+# build from before --udp-rate existed takes --before-args "" as it is.
 #
 # Usage: bash benches/udp.sh [--against BINARY] [--kv-args "ARGS"] [--before-args "ARGS"]
 #                            [seconds per run, default 5] [rounds, default 1]
@@ -28,7 +30,7 @@ start() { # name
     case "$1" in
         # shellcheck disable=SC2086 # the extra arguments are meant to split into words
         kv) taskset -c 0 ./target/release/kv_server --bind 127.0.0.1 --port "$port" --udp \
-                --udp-rate-per-source 0 --log-level error $kv_args & ;;
+                --udp-rate-per-source 0 --udp-rate 0 --log-level error $kv_args & ;;
         # shellcheck disable=SC2086
         kv_before) taskset -c 0 "$against" --bind 127.0.0.1 --port "$port" --udp \
                 --udp-rate-per-source 0 --log-level error $before_args & ;;

@@ -299,8 +299,16 @@ mod tests {
     #[test]
     fn mapped_blocks_hold_the_ipv4_clients_they_name() {
         let set = AddressSet::new(&blocks(&["::ffff:127.0.0.66/128", "::ffff:10.0.0.0/104"]));
-        assert_eq!(set, AddressSet::new(&blocks(&["127.0.0.66/32", "10.0.0.0/8"])));
-        for yes in ["127.0.0.66", "::ffff:127.0.0.66", "10.9.8.7", "::ffff:10.1.1.1"] {
+        assert_eq!(
+            set,
+            AddressSet::new(&blocks(&["127.0.0.66/32", "10.0.0.0/8"]))
+        );
+        for yes in [
+            "127.0.0.66",
+            "::ffff:127.0.0.66",
+            "10.9.8.7",
+            "::ffff:10.1.1.1",
+        ] {
             assert!(set.contains(yes.parse().unwrap()), "{yes}");
         }
         for no in ["127.0.0.65", "::ffff:127.0.0.67", "11.0.0.0"] {

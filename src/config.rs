@@ -37,6 +37,10 @@ pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(300);
 /// latency probe; a forged source cannot turn the server into a flood toward anyone. Load
 /// tests from one address raise it, or turn it off with 0.
 pub const DEFAULT_UDP_RATE_PER_SOURCE: u32 = 1000;
+/// With `--udp`: datagrams a second answered by the whole server, whatever their sources:
+/// about a fifth of a core's sending here (2 us per datagram), so that no mix of forged
+/// sources can make the echo spend a core.
+pub const DEFAULT_UDP_RATE: u32 = 100_000;
 /// How long the least recently active connection must have been idle before a new client,
 /// arriving when the connection limit is reached, takes its place.
 pub const DEFAULT_EVICT_IDLE_AFTER: Duration = Duration::from_secs(60);
@@ -106,6 +110,9 @@ pub struct Config {
     /// With `udp`: datagrams a second answered per source address (and bursts of as many);
     /// 0 answers every one.
     pub udp_rate_per_source: u32,
+    /// With `udp`: datagrams a second answered by the whole server (and bursts of as
+    /// many); 0 sets no cap.
+    pub udp_rate: u32,
     /// Every TCP and Unix connection speaks TLS, with these files; `None` is plaintext.
     pub tls: Option<crate::certificates::TlsFiles>,
     /// How long a TLS connection may take to complete its handshake (after its PROXY
@@ -142,6 +149,7 @@ impl Default for Config {
             unix: None,
             unix_mode: None,
             udp_rate_per_source: DEFAULT_UDP_RATE_PER_SOURCE,
+            udp_rate: DEFAULT_UDP_RATE,
             proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
             tls: None,
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,

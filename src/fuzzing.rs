@@ -8,7 +8,7 @@
 //! Not part of the API: hidden from the documentation, and nothing in the server calls it.
 
 use std::io::{Read, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::connection::proxy::{self, Header, HeaderReader};
@@ -17,7 +17,7 @@ use crate::connection::tls::TlsLayer;
 use crate::line;
 use crate::metrics::endpoint::Requests;
 use crate::metrics::{Snapshot, Traffic};
-use crate::udp::SourceRates;
+use crate::udp::{RepeatMemory, SourceRates};
 
 /// Cut points in `0..=len`, sorted, drawn from `seed`: at most `count`.
 fn cuts(seed: &[u8], len: usize, count: usize) -> Vec<usize> {
@@ -516,6 +516,39 @@ pub fn udp_rates(data: &[u8]) {
         total <= bound * (CAPACITY as u64 + 1) * 2,
         "{total} admitted in {elapsed} s"
     );
+    udp_repeats(data);
+}
+
+/// The loop protection's memory of repeats, fed any pace: one (sender, datagram) pair
+/// alone is never answered more than [`crate::udp::REPEATS`] times while it keeps coming
+/// back within the window, and answered again after a longer pause; a second memory, fed
+/// any mix of senders and datagrams, takes them all without fail. (The two are apart
+/// because in one table another pair may take the watched pair's entry, which starts its
+/// count again: by design, and not something a model of the count could foresee.)
+fn udp_repeats(data: &[u8]) {
+    let window = Duration::from_millis(u64::from(crate::udp::REPEAT_WINDOW_MS));
+    let mut now = Instant::now();
+    let (mut alone, mut mixed) = (RepeatMemory::new(), RepeatMemory::new());
+    let watched = SocketAddr::from(([10, 0, 0, 1], 5000));
+    let (mut streak, mut last): (u32, Option<Instant>) = (0, None);
+    for triple in data.chunks_exact(3) {
+        // Gaps of up to 2^16 ms: some within the window, some beyond it.
+        now += Duration::from_millis(u64::from(u16::from_le_bytes([triple[1], triple[2]])));
+        let restarts = last.is_none_or(|last| now.duration_since(last) > window);
+        if restarts {
+            streak = 0;
+        }
+        last = Some(now);
+        let answered = alone.admit(watched, b"the loop's datagram", now);
+        assert_eq!(
+            answered,
+            streak < crate::udp::REPEATS,
+            "after {streak} in a row"
+        );
+        streak += 1;
+        let other = SocketAddr::from(([10, 0, 1, triple[0]], u16::from(triple[1]) + 1024));
+        mixed.admit(other, &triple[..usize::from(triple[2] % 4)], now);
+    }
 }
 
 #[cfg(test)]

@@ -127,9 +127,11 @@ struct Cli {
     telnet: bool,
 
     /// Also echo datagrams (RFC 862) on the same address and port, UDP: each back to its
-    /// sender whole. Never answered: source port 0, 7, 13, 19 or 37 (loops with other
-    /// echo-like services), sources refused by --allow/--deny, and sources over
-    /// --udp-rate-per-source
+    /// sender whole. Never answered, so that no loop with another echo (or this one) can
+    /// last: source ports 0-1023 (echo, chargen, QOTD, DNS, NTP...) and this server's own
+    /// port; the same bytes from the same address and port once answered 16 times, each
+    /// within a minute of the last; sources refused by --allow/--deny; and datagrams over
+    /// --udp-rate-per-source or --udp-rate
     #[arg(long, help_heading = "Protocols")]
     udp: bool,
 
@@ -137,6 +139,11 @@ struct Cli {
     /// many; the rest are dropped and counted, never queued. 0 answers every one
     #[arg(long, help_heading = "Protocols", value_name = "N", default_value_t = config::DEFAULT_UDP_RATE_PER_SOURCE)]
     udp_rate_per_source: u32,
+
+    /// With --udp: datagrams a second answered by the whole server, in bursts of up to as
+    /// many, whatever their sources; the rest are dropped and counted. 0 sets no cap
+    #[arg(long, help_heading = "Protocols", value_name = "N", default_value_t = config::DEFAULT_UDP_RATE)]
+    udp_rate: u32,
 
     /// Speak TLS (1.2 and 1.3) on every TCP and Unix connection, with this certificate: PEM,
     /// the server's certificate first, then any intermediates. SIGHUP reads the TLS files
@@ -282,6 +289,7 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         unix: cli.unix,
         unix_mode: cli.unix_mode,
         udp_rate_per_source: cli.udp_rate_per_source,
+        udp_rate: cli.udp_rate,
         max_line_bytes: cli.max_line_bytes,
         max_connections: cli.max_connections,
         max_connections_per_ip: (cli.max_connections_per_ip > 0)

@@ -156,12 +156,21 @@ fn mapped_blocks_refuse_the_ipv4_clients_they_name() {
     });
     let port = server.addr.port();
     let ipv4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert_refused(&mut connect_from("127.0.0.66", ipv4), b"mapped host denied
-");
-    assert_refused(&mut connect_from("127.0.1.9", ipv4), b"mapped block denied
-");
-    assert_echo(&mut connect_from("127.0.0.67", ipv4), b"the next one served
-");
+    assert_refused(
+        &mut connect_from("127.0.0.66", ipv4),
+        b"mapped host denied
+",
+    );
+    assert_refused(
+        &mut connect_from("127.0.1.9", ipv4),
+        b"mapped block denied
+",
+    );
+    assert_echo(
+        &mut connect_from("127.0.0.67", ipv4),
+        b"the next one served
+",
+    );
     assert_eq!(closed_for_access(&server), 2.0);
 
     let udp = std::net::UdpSocket::bind("127.0.0.66:0").unwrap();

@@ -218,9 +218,11 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
             .collect();
         e.counter(
             "kv_server_udp_datagrams_dropped",
-            "Datagrams not answered, by reason: from port 0 or a built-in service's port \
-             (loop_port), over --udp-rate-per-source (rate_limit), refused by --allow/--deny \
-             (access_denied), no room in the send buffer (send_buffer_full), or a send error.",
+            "Datagrams not answered, by reason: from a well-known port or the server's own \
+             (loop_port), the same bytes from one sender answered too often in a row \
+             (repeated), over --udp-rate-per-source (rate_limit) or --udp-rate \
+             (server_rate), refused by --allow/--deny (access_denied), no room in the send \
+             buffer (send_buffer_full), or a send error.",
             &dropped,
         );
     }

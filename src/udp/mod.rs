@@ -2,13 +2,14 @@
 //! the same loop as the TCP connections and within a share of each turn like them.
 //!
 //! An echo that answers anyone is a reflector: a datagram with a forged source makes the
-//! server send to the forged address. So, as inetd's built-in echo does, datagrams from
-//! port 0 or from the ports of the classic built-in services (echo, daytime, chargen,
-//! time), which could be another echo server and start a loop between the two, are
-//! dropped; `--allow`/`--deny` apply to each datagram's source; and each source address
-//! has a rate (`--udp-rate-per-source`), over which its datagrams are dropped, never
-//! queued. Every drop is counted by reason. Nothing is ever queued for sending either: a
-//! datagram the socket's send buffer has no room for is dropped, as the network would.
+//! server send to the forged address, and if that address is another echo (or this one),
+//! the two answer each other. So loops are ended ([`loops`]: no answer to the well-known
+//! ports or to this server's own port, and the same bytes from one sender answered a
+//! bounded number of times in a row); `--allow`/`--deny` apply to each datagram's source;
+//! and answers are rated ([`rates`]), per source address (`--udp-rate-per-source`) and for
+//! the whole server (`--udp-rate`): over either, datagrams are dropped, never queued.
+//! Every drop is counted by reason. Nothing is ever queued for sending either: a datagram
+//! the socket's send buffer has no room for is dropped, as the network would.
 //!
 //! Datagrams are taken in batches with `recvmmsg` and their echoes sent with `sendmmsg`:
 //! two system calls for up to [`BATCH`] datagrams, where one at a time takes two for each.
@@ -18,11 +19,13 @@
 //! Each slot of the batch holds the largest datagram; the slots' pages are touched only as
 //! far as datagrams fill them.
 
-use std::collections::HashMap;
+mod loops;
+mod rates;
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
@@ -31,22 +34,23 @@ use crate::access::AccessRules;
 use crate::config::Config;
 use crate::metrics::UdpCounts;
 use crate::schedule::{SERVICE_COST, TURN_SHARE};
+use rates::Bucket;
+
+pub(crate) use loops::{RepeatMemory, REPEATS, REPEAT_WINDOW_MS};
+pub(crate) use rates::SourceRates;
 
 /// Datagrams taken and answered per pair of system calls.
 pub(crate) const BATCH: usize = 32;
 /// One slot of the batch: more than the largest UDP payload (65,507 bytes over IPv4, 65,527
 /// over IPv6), so that no datagram is ever cut.
 const SLOT: usize = 65_536;
-/// Source ports never answered: 0 (no reply is possible), and echo, daytime, chargen and
-/// time, whose servers answer anything and would echo back and forth with this one.
-const LOOP_PORTS: [u16; 5] = [0, 7, 13, 19, 37];
 /// Most sources whose rate is tracked at once; beyond, sources share one rate.
 pub(crate) const MAX_TRACKED_SOURCES: usize = 16_384;
 
 /// Why a datagram was not answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Drop {
-    /// From port 0 or a built-in service's port.
+    /// From a well-known port (0 to 1023) or this server's own port.
     LoopPort,
     /// Its source is over `--udp-rate-per-source`.
     RateLimit,
@@ -56,15 +60,22 @@ pub(crate) enum Drop {
     SendBufferFull,
     /// Sending failed otherwise.
     SendError,
+    /// The same bytes from the same sender, answered [`REPEATS`] times in a row already: a
+    /// loop.
+    Repeated,
+    /// The whole server is over `--udp-rate`.
+    ServerRate,
 }
 
 impl Drop {
-    pub const ALL: [Drop; 5] = [
+    pub const ALL: [Drop; 7] = [
         Drop::LoopPort,
         Drop::RateLimit,
         Drop::AccessDenied,
         Drop::SendBufferFull,
         Drop::SendError,
+        Drop::Repeated,
+        Drop::ServerRate,
     ];
 
     pub fn label(self) -> &'static str {
@@ -74,7 +85,61 @@ impl Drop {
             Drop::AccessDenied => "access_denied",
             Drop::SendBufferFull => "send_buffer_full",
             Drop::SendError => "send_error",
+            Drop::Repeated => "repeated",
+            Drop::ServerRate => "server_rate",
         }
+    }
+}
+
+/// What decides whether a datagram is answered: everything but the socket.
+struct Rules {
+    own_port: u16,
+    access: AccessRules,
+    sources: Option<SourceRates>,
+    repeats: RepeatMemory,
+    /// `--udp-rate`, and its bucket; `None` with no cap.
+    server: Option<(u32, Bucket)>,
+}
+
+impl Rules {
+    fn new(config: &Config, own_port: u16) -> Rules {
+        Rules {
+            own_port,
+            access: AccessRules::new(config),
+            sources: (config.udp_rate_per_source > 0)
+                .then(|| SourceRates::new(config.udp_rate_per_source, MAX_TRACKED_SOURCES)),
+            repeats: RepeatMemory::new(),
+            server: (config.udp_rate > 0).then(|| {
+                (
+                    config.udp_rate,
+                    Bucket::full(config.udp_rate, Instant::now()),
+                )
+            }),
+        }
+    }
+
+    /// Why `datagram` from `source` is not answered, if it is not. The cheap tests first;
+    /// the rates are taken from only by datagrams that pass everything else.
+    fn refusal(&mut self, source: SocketAddr, datagram: &[u8], now: Instant) -> Option<Drop> {
+        if loops::is_loop_port(source, self.own_port) {
+            return Some(Drop::LoopPort);
+        }
+        if !self.access.admits(source.ip()) {
+            return Some(Drop::AccessDenied);
+        }
+        if !self.repeats.admit(source, datagram, now) {
+            return Some(Drop::Repeated);
+        }
+        if let Some(sources) = self.sources.as_mut() {
+            if !sources.admit(source.ip(), now) {
+                return Some(Drop::RateLimit);
+            }
+        }
+        let over = self
+            .server
+            .as_mut()
+            .is_some_and(|(rate, bucket)| !bucket.take(*rate, now));
+        over.then_some(Drop::ServerRate)
     }
 }
 
@@ -86,8 +151,7 @@ pub(crate) struct UdpEcho {
     /// [`BATCH`] slots of [`SLOT`] bytes, and each one's sender.
     slots: Box<[u8]>,
     senders: Box<[libc::sockaddr_storage]>,
-    rules: AccessRules,
-    rates: Option<SourceRates>,
+    rules: Rules,
     /// The socket may hold datagrams no readiness edge will announce: the turn's share
     /// ran out before it was empty.
     more_waiting: bool,
@@ -105,7 +169,18 @@ impl UdpEcho {
         registry: &Registry,
         token: Token,
     ) -> io::Result<UdpEcho> {
-        let socket = std::net::UdpSocket::bind(addr).map_err(|e| {
+        let bind = || -> io::Result<std::net::UdpSocket> {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM,
+                None,
+            )?;
+            // With `--reuse-port`, the instances sharing the TCP port share this one too.
+            socket.set_reuse_port(config.reuse_port)?;
+            socket.bind(&addr.into())?;
+            Ok(socket.into())
+        };
+        let socket = bind().map_err(|e| {
             io::Error::new(e.kind(), format!("cannot receive datagrams on {addr}: {e}"))
         })?;
         UdpEcho::serve(socket, config, registry, token)
@@ -130,9 +205,7 @@ impl UdpEcho {
             // SAFETY: sockaddr_storage is plain data, valid all zero.
             senders: vec![unsafe { std::mem::zeroed::<libc::sockaddr_storage>() }; BATCH]
                 .into_boxed_slice(),
-            rules: AccessRules::new(config),
-            rates: (config.udp_rate_per_source > 0)
-                .then(|| SourceRates::new(config.udp_rate_per_source, MAX_TRACKED_SOURCES)),
+            rules: Rules::new(config, local_addr.port()),
             more_waiting: false,
             segmentation: true,
             counts: UdpCounts::default(),
@@ -187,7 +260,8 @@ impl UdpEcho {
                 let Some(source) = socket_addr(&self.senders[slot], name_len) else {
                     continue;
                 };
-                match refusal(&self.rules, self.rates.as_mut(), source, now) {
+                let datagram = &self.slots[slot * SLOT..slot * SLOT + len];
+                match self.rules.refusal(source, datagram, now) {
                     Some(reason) => self.counts.dropped[reason as usize] += 1,
                     None => {
                         answers[kept] = (slot, len, source);
@@ -447,23 +521,6 @@ fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
     }
 }
 
-/// Why a datagram from `source` is not answered, if it is not.
-fn refusal(
-    rules: &AccessRules,
-    rates: Option<&mut SourceRates>,
-    source: SocketAddr,
-    now: Instant,
-) -> Option<Drop> {
-    if LOOP_PORTS.contains(&source.port()) {
-        return Some(Drop::LoopPort);
-    }
-    if !rules.admits(source.ip()) {
-        return Some(Drop::AccessDenied);
-    }
-    let over_rate = rates.is_some_and(|rates| !rates.admit(source.ip(), now));
-    over_rate.then_some(Drop::RateLimit)
-}
-
 /// Errors a receive reports for an earlier datagram's fate, not for the socket.
 fn is_transient(error: &io::Error) -> bool {
     matches!(
@@ -476,149 +533,4 @@ fn is_transient(error: &io::Error) -> bool {
                 | libc::ECONNRESET
         )
     )
-}
-
-/// A token bucket per source address: `rate` datagrams a second, and bursts of as many.
-/// The table is bounded: when it is full, sources idle long enough to have a full bucket
-/// (which is what a new entry would hold) are forgotten; if none is, new sources share one
-/// bucket until some are, so that forged sources can slow newcomers down but never make
-/// the server send more than the rate allows for each tracked source and once more for all
-/// the others together.
-pub(crate) struct SourceRates {
-    rate: u32,
-    capacity: usize,
-    buckets: HashMap<IpAddr, Bucket>,
-    overflow: Bucket,
-    /// When a full table was last searched for idle sources: at most once a second.
-    last_sweep: Option<Instant>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
-impl Bucket {
-    fn full(rate: u32, now: Instant) -> Bucket {
-        Bucket {
-            tokens: f64::from(rate),
-            updated: now,
-        }
-    }
-
-    fn refill(&mut self, rate: u32, now: Instant) {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(rate));
-        self.updated = now;
-    }
-
-    fn take(&mut self, rate: u32, now: Instant) -> bool {
-        self.refill(rate, now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Idle long enough that its bucket is full again.
-    fn is_refilled(&self, rate: u32, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens + elapsed * f64::from(rate) >= f64::from(rate)
-    }
-}
-
-impl SourceRates {
-    pub fn new(rate: u32, capacity: usize) -> SourceRates {
-        let now = Instant::now();
-        SourceRates {
-            rate,
-            capacity,
-            buckets: HashMap::new(),
-            overflow: Bucket::full(rate, now),
-            last_sweep: None,
-        }
-    }
-
-    /// Whether one more datagram from `source` is within its rate; takes it if so.
-    pub fn admit(&mut self, source: IpAddr, now: Instant) -> bool {
-        let rate = self.rate;
-        if let Some(bucket) = self.buckets.get_mut(&source) {
-            return bucket.take(rate, now);
-        }
-        if self.buckets.len() >= self.capacity {
-            self.sweep(now);
-        }
-        if self.buckets.len() >= self.capacity {
-            return self.overflow.take(rate, now);
-        }
-        let mut bucket = Bucket::full(rate, now);
-        let admitted = bucket.take(rate, now);
-        self.buckets.insert(source, bucket);
-        admitted
-    }
-
-    /// Forgets sources whose buckets are full again, at most once a second.
-    fn sweep(&mut self, now: Instant) {
-        if self
-            .last_sweep
-            .is_some_and(|last| now.saturating_duration_since(last) < Duration::from_secs(1))
-        {
-            return;
-        }
-        self.last_sweep = Some(now);
-        let rate = self.rate;
-        self.buckets
-            .retain(|_, bucket| !bucket.is_refilled(rate, now));
-        if self.buckets.is_empty() {
-            self.buckets.shrink_to_fit();
-        }
-    }
-
-    /// Sources tracked now.
-    pub fn tracked(&self) -> usize {
-        self.buckets.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(n: u32) -> IpAddr {
-        IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
-    }
-
-    #[test]
-    fn a_source_gets_its_rate_in_bursts_and_over_time() {
-        let start = Instant::now();
-        let mut rates = SourceRates::new(10, 100);
-        let admitted = (0..25).filter(|_| rates.admit(ip(1), start)).count();
-        assert_eq!(admitted, 10, "a burst of one second's worth");
-        // Others are not slowed by it.
-        assert!(rates.admit(ip(2), start));
-        // Half a second later, five more.
-        let later = start + Duration::from_millis(500);
-        let admitted = (0..25).filter(|_| rates.admit(ip(1), later)).count();
-        assert_eq!(admitted, 5);
-    }
-
-    #[test]
-    fn a_full_table_forgets_refilled_sources_and_shares_one_rate_otherwise() {
-        let start = Instant::now();
-        let mut rates = SourceRates::new(10, 4);
-        for n in 0..4 {
-            assert!(rates.admit(ip(n), start));
-        }
-        // Full of sources that are not refilled: newcomers share the overflow bucket.
-        let admitted = (100..120).filter(|&n| rates.admit(ip(n), start)).count();
-        assert_eq!(admitted, 10);
-        assert_eq!(rates.tracked(), 4);
-        // A second later all are refilled: the table makes room.
-        let later = start + Duration::from_secs(2);
-        assert!(rates.admit(ip(200), later));
-        assert_eq!(rates.tracked(), 1);
-    }
 }
