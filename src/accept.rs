@@ -58,9 +58,29 @@ pub(crate) enum Arrival {
 struct UnixSide {
     listener: UnixListener,
     path: Arc<Path>,
-    /// Bound here: the socket file is removed when the listener closes. A service
-    /// manager's is left to it.
-    origin: Origin,
+    /// Bound here: the socket file this server made (its device and inode), removed when
+    /// the listener closes if it is still the one at the path. A service manager's is left
+    /// to it.
+    made: Option<FileIdentity>,
+}
+
+/// A file's device and inode: what tells the socket file this server made from another
+/// put at the same path since (another server's, or anything else).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> io::Result<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::symlink_metadata(path)?;
+        Ok(FileIdentity {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+        })
+    }
 }
 
 /// The listening socket and the rules for letting connections in.
@@ -69,8 +89,13 @@ pub(crate) struct Acceptor {
     listener: Option<TcpListener>,
     /// With `--unix`; closed with the TCP listener.
     unix: Option<UnixSide>,
-    /// The TCP listener had nothing left this turn: the Unix listener's turn.
+    /// The TCP listener had nothing left this turn.
     tcp_drained: bool,
+    /// The Unix listener (or its absence) had nothing left this turn.
+    unix_drained: bool,
+    /// The listeners take turns, one accept each, so that a storm on one cannot hold the
+    /// other's clients back: whether the Unix listener's is next.
+    unix_next: bool,
     origin: Origin,
     local_addr: SocketAddr,
     max_connections: usize,
@@ -141,6 +166,8 @@ impl Acceptor {
             listener: Some(listener),
             unix: None,
             tcp_drained: false,
+            unix_drained: true,
+            unix_next: false,
             origin,
             local_addr,
             max_connections: config.effective_max_connections(),
@@ -181,6 +208,7 @@ impl Acceptor {
     pub fn begin_turn(&mut self) {
         self.share_left = ACCEPTS_PER_TURN;
         self.tcp_drained = false;
+        self.unix_drained = self.unix.is_none();
     }
 
     /// Also accepts on `listener`, a Unix stream socket at `path`: bound here (its file is
@@ -194,16 +222,18 @@ impl Acceptor {
         token: Token,
     ) -> io::Result<()> {
         listener.set_nonblocking(true)?;
+        let made = if bound_here {
+            Some(FileIdentity::of(&path)?)
+        } else {
+            None
+        };
         let mut listener = UnixListener::from_std(listener);
         registry.register(&mut listener, token, Interest::READABLE)?;
+        self.unix_drained = false;
         self.unix = Some(UnixSide {
             listener,
             path: path.into(),
-            origin: if bound_here {
-                Origin::Bound
-            } else {
-                Origin::Inherited
-            },
+            made,
         });
         Ok(())
     }
@@ -237,38 +267,42 @@ impl Acceptor {
         }
         let listener = self.listener.as_ref()?;
         loop {
+            if self.tcp_drained && self.unix_drained {
+                self.more_waiting = false;
+                return None;
+            }
             if self.share_left == 0 {
                 // Connections may still be waiting, and no edge will say so.
                 self.more_waiting = true;
                 return None;
             }
             self.share_left -= 1;
-            let accepted = if !self.tcp_drained {
-                listener
-                    .accept()
-                    .map(|(socket, peer)| (Stream::Tcp(socket), Peer::Ip(peer)))
-            } else if let Some(unix) = self.unix.as_ref() {
-                unix.listener.accept().map(|(socket, _)| {
+            let from_unix = self.tcp_drained || (self.unix_next && !self.unix_drained);
+            self.unix_next = !from_unix;
+            let accepted = match self.unix.as_ref().filter(|_| from_unix) {
+                Some(unix) => unix.listener.accept().map(|(socket, _)| {
                     let pid = peer_pid(&socket);
                     let peer = Peer::Unix {
                         path: unix.path.clone(),
                         pid,
                     };
                     (Stream::Unix(socket), peer)
-                })
-            } else {
-                Err(io::ErrorKind::WouldBlock.into())
+                }),
+                None => listener
+                    .accept()
+                    .map(|(socket, peer)| (Stream::Tcp(socket), Peer::Ip(peer))),
             };
             let (socket, peer) = match accepted {
                 Ok(accepted) => accepted,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.tcp_drained => {
-                    self.tcp_drained = true;
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // That listener is empty for now: the other may not be.
+                    if from_unix {
+                        self.unix_drained = true;
+                    } else {
+                        self.tcp_drained = true;
+                    }
                     self.share_left += 1;
                     continue;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.more_waiting = false;
-                    return None;
                 }
                 Err(e) if is_transient_accept_error(&e) => continue,
                 Err(e) => {
@@ -346,8 +380,8 @@ impl Acceptor {
         }
         if let Some(mut unix) = self.unix.take() {
             let _ = registry.deregister(&mut unix.listener);
-            if unix.origin == Origin::Bound {
-                remove_socket_file(&unix.path);
+            if let Some(made) = unix.made {
+                remove_socket_file(&unix.path, made);
             }
         }
         self.paused_until = None;
@@ -377,8 +411,13 @@ impl Drop for Acceptor {
     /// A server that ends without a shutdown (an error, or never run) leaves no socket
     /// file behind either.
     fn drop(&mut self) {
-        if let Some(unix) = self.unix.take().filter(|unix| unix.origin == Origin::Bound) {
-            remove_socket_file(&unix.path);
+        if let Some(UnixSide {
+            path,
+            made: Some(made),
+            ..
+        }) = self.unix.take()
+        {
+            remove_socket_file(&path, made);
         }
     }
 }
@@ -401,11 +440,23 @@ fn peer_pid(socket: &mio::net::UnixStream) -> Option<u32> {
     }
 }
 
-fn remove_socket_file(path: &Path) {
-    if let Err(e) = std::fs::remove_file(path) {
-        if e.kind() != io::ErrorKind::NotFound {
-            log::warn!("Cannot remove the socket file {}: {e}", path.display());
+/// Removes the socket file at `path` if it is still the one this server made: another
+/// server may have replaced it since (taking it for stale after this one stopped
+/// answering), or anyone may have put another file there, and neither is this server's to
+/// remove.
+fn remove_socket_file(path: &Path, made: FileIdentity) {
+    match FileIdentity::of(path) {
+        Ok(found) if found == made => {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("Cannot remove the socket file {}: {e}", path.display());
+            }
         }
+        Ok(_) => log::info!(
+            "Leaving {} in place: it is no longer the socket file this server made",
+            path.display()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("Cannot check the socket file {}: {e}", path.display()),
     }
 }
 
@@ -417,7 +468,7 @@ pub(crate) fn bind_unix(
     path: &Path,
     mode: Option<u32>,
 ) -> Result<std::os::unix::net::UnixListener, String> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::fs::FileTypeExt;
     let shown = path.display();
     match std::fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_socket() => {
@@ -451,15 +502,54 @@ pub(crate) fn bind_unix(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(format!("cannot listen on {shown}: {e}")),
     }
-    let listener = std::os::unix::net::UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on {shown}: {e}"))?;
-    if let Some(mode) = mode {
-        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
-            remove_socket_file(path);
-            return Err(format!("cannot set the mode of {shown} to {mode:o}: {e}"));
-        }
+    match mode {
+        None => std::os::unix::net::UnixListener::bind(path)
+            .map_err(|e| format!("cannot listen on {shown}: {e}")),
+        Some(mode) => bind_unix_with_mode(path, mode),
     }
-    Ok(listener)
+}
+
+/// Binds `path` with file mode `mode` without the socket ever being reachable under a
+/// wider one: `bind` creates the file as the umask makes it, so it is made in a private
+/// directory (mode 700, beside `path`), given its mode there, and only then linked in at
+/// `path` (which, unlike a rename, never replaces a file that appeared there meanwhile).
+/// The umask itself is left alone: it is the whole process's, other threads' files too.
+fn bind_unix_with_mode(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let shown = path.display();
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let private = parent.join(format!(".kv_server.{}.{made}", std::process::id()));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| {
+            format!(
+                "cannot listen on {shown}: cannot make {}: {e}",
+                private.display()
+            )
+        })?;
+    let staged = private.join("s");
+    let result = std::os::unix::net::UnixListener::bind(&staged)
+        .map_err(|e| format!("cannot listen on {shown}: {e}"))
+        .and_then(|listener| {
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("cannot set the mode of {shown} to {mode:o}: {e}"))?;
+            std::fs::hard_link(&staged, path).map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => {
+                    format!("cannot listen on {shown}: another process took the path meanwhile")
+                }
+                _ => format!("cannot listen on {shown}: {e}"),
+            })?;
+            Ok(listener)
+        });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    result
 }
 
 /// Keepalive for `--tcp-keepalive TIME` on `listener`, which the connections it accepts

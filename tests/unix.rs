@@ -214,3 +214,117 @@ fn a_bad_mode_is_a_clear_error() {
     assert!(!output.status.success());
     assert!(stderr.contains("not a file mode in octal"), "{stderr}");
 }
+
+/// With a umask that would leave it open to all (000) and `--unix-mode 600`, the socket
+/// file is never seen at its path with any other mode: a watcher looking as fast as it
+/// can, across 30 starts, from before the server binds until it is serving. (Before, the
+/// mode was set by chmod after bind, and a racer running as another user got in on about
+/// half the starts.)
+#[test]
+fn the_socket_file_never_exists_with_a_wider_mode_than_asked() {
+    use std::os::unix::process::CommandExt;
+    let dir = TempDir::new();
+    let path = dir.socket();
+    let shown = path.to_string_lossy().into_owned();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..30 {
+        let watching = std::sync::atomic::AtomicBool::new(true);
+        let modes = std::thread::scope(|scope| {
+            let watcher = scope.spawn(|| {
+                let mut modes = Vec::new();
+                while watching.load(Ordering::Relaxed) {
+                    if let Ok(metadata) = std::fs::symlink_metadata(&path) {
+                        modes.push(metadata.permissions().mode() & 0o7777);
+                    }
+                }
+                modes
+            });
+            let mut command = binary();
+            command
+                .args(["--bind", "127.0.0.1", "--port", "0", "--unix", &shown])
+                .args(["--unix-mode", "600"]);
+            // SAFETY: umask is async-signal-safe, as code between fork and exec must be.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::umask(0);
+                    Ok(())
+                });
+            }
+            let mut server = ServerProcess::spawn(command);
+            server.wait_log("Accepting connections on Unix socket");
+            watching.store(false, Ordering::Relaxed);
+            server.signal(libc::SIGTERM);
+            assert!(server.wait_exit(Duration::from_secs(10)).success());
+            watcher.join().unwrap()
+        });
+        for mode in modes {
+            *seen.entry(mode).or_insert(0) += 1;
+        }
+    }
+    let seen: Vec<String> = seen
+        .iter()
+        .map(|(mode, times)| format!("{mode:o} {times} times"))
+        .collect();
+    assert!(
+        seen.len() == 1 && seen[0].starts_with("600 "),
+        "modes seen at the path: {seen:?}"
+    );
+}
+
+/// At shutdown a server removes its socket file only if it is still the one it made:
+/// another server's socket put at the path meanwhile stays (and keeps serving), and so does
+/// a regular file.
+#[test]
+fn shutdown_leaves_a_file_that_is_not_the_one_it_made() {
+    let dir = TempDir::new();
+    let path = dir.socket();
+    let shown = path.to_string_lossy().into_owned();
+    let start = || {
+        let server = ServerProcess::start(&["--unix", &shown]);
+        server.wait_log("Accepting connections on Unix socket");
+        server
+    };
+    let mut first = start();
+    // Its file goes (an operator's mistake, or a clean-up), and a second server takes the
+    // path.
+    std::fs::remove_file(&path).unwrap();
+    let mut second = start();
+    first.signal(libc::SIGTERM);
+    assert!(first.wait_exit(Duration::from_secs(10)).success());
+    first.wait_log("Leaving");
+    assert_echo(&mut connect(&path), b"the second server still answers\n");
+
+    // A regular file put in place of the second's socket outlives it too.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, b"someone's data").unwrap();
+    second.signal(libc::SIGTERM);
+    assert!(second.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(std::fs::read(&path).unwrap(), b"someone's data");
+}
+
+/// The TCP and Unix listeners take turns: with a hundred TCP connections queued (the
+/// server stopped while they came) and one Unix client behind them, the Unix client is
+/// let in second, not after every TCP one (before, each turn accepted TCP until its queue
+/// was empty, and a connect storm starved Unix clients for up to a second).
+#[test]
+fn a_tcp_backlog_does_not_hold_back_unix_clients() {
+    let dir = TempDir::new();
+    let path = dir.socket();
+    let shown = path.to_string_lossy().into_owned();
+    let server = ServerProcess::start(&["--unix", &shown, "--log-level", "debug"]);
+    server.wait_log("Accepting connections on Unix socket");
+    server.signal(libc::SIGSTOP);
+    let tcp: Vec<_> = (0..100).map(|_| common::connect(server.addr())).collect();
+    let unix = connect(&path);
+    server.signal(libc::SIGCONT);
+    let before = server.log_until(&shown);
+    let tcp_first = before
+        .iter()
+        .filter(|line| line.contains("127.0.0.1:"))
+        .count();
+    assert!(
+        tcp_first <= 1,
+        "{tcp_first} TCP connections let in before the Unix client"
+    );
+    drop((tcp, unix));
+}
