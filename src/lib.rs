@@ -39,6 +39,8 @@ mod table;
 mod udp;
 mod warning;
 
+pub use warning::LimitedLog;
+
 pub use accept::{sockets_from_service_manager, ServiceSockets};
 pub use certificates::{LoadError, TlsFiles};
 pub use config::{Config, ConfigError};

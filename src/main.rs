@@ -380,8 +380,10 @@ fn init_logging(flag: Option<LevelFilter>) -> Result<(), String> {
         Some(level) => logger.with_level(level),
         None => logger.env(),
     };
-    logger
-        .init()
+    // What other crates log (rustls' warnings about a client's handshake) goes through
+    // the same limit as the lines clients cause here.
+    log::set_max_level(logger.max_level());
+    log::set_boxed_logger(Box::new(kv_server::LimitedLog::new(logger)))
         .map_err(|e| format!("cannot start logging: {e}"))
 }
 

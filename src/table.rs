@@ -23,7 +23,7 @@ use crate::connection::{Connection, Fault};
 use crate::idle::IdleList;
 use crate::metrics::{BufferGauges, CloseReason, ClosedCounts};
 use crate::stream::{Peer, Stream, Transport};
-use crate::warning::{suppressed_note, RateLimit};
+use crate::warning::{client_caused, suppressed_note, RateLimit};
 
 /// Slab slots kept once every connection has closed; a larger slab is released.
 const SLAB_CAPACITY_KEPT: usize = 1024;
@@ -170,7 +170,8 @@ impl ConnectionTable {
             .budget
             .choose_evictions(spared, now, &mut |key| slab[key].as_holder());
         for (key, held) in evictions {
-            log::warn!(
+            client_caused!(
+                log::Level::Warn,
                 "{}: holds {held} buffered bytes, the most, while all connections' buffers \
                  are over --max-buffered-bytes ({}); closing it",
                 self.slab[key].peer(),
@@ -501,11 +502,13 @@ fn log_fault(peer: &Peer, fault: Fault) {
         Fault::AddressLimit => log::debug!("{peer}: over --max-connections-per-ip; closed"),
         Fault::AccessDenied => log::debug!("{peer}: refused by --allow/--deny; closed"),
         // Failures in the handshake are logged where they are counted.
-        Fault::Tls { message, .. } => log::info!("{peer}: TLS failed: {message}; closed"),
+        Fault::Tls { message, .. } => {
+            client_caused!(log::Level::Info, "{peer}: TLS failed: {message}; closed")
+        }
         Fault::Io(e) if is_ordinary_disconnect(&e) => {
             log::debug!("{peer}: connection closed by the client: {e}")
         }
-        Fault::Io(e) => log::warn!("{peer}: connection failed: {e}"),
+        Fault::Io(e) => client_caused!(log::Level::Warn, "{peer}: connection failed: {e}"),
         Fault::Panicked {
             in_handler,
             message,
@@ -515,7 +518,10 @@ fn log_fault(peer: &Peer, fault: Fault) {
             } else {
                 "serving the connection"
             };
-            log::error!("{peer}: panic in {place} ({message}); connection closed")
+            client_caused!(
+                log::Level::Error,
+                "{peer}: panic in {place} ({message}); connection closed"
+            )
         }
     }
 }

@@ -41,3 +41,136 @@ impl RateLimit {
         }
     }
 }
+
+/// Logs a line a client can cause (a failed connection, a fault, an eviction) at most
+/// once a second per call site and thread (one thread serves one loop), with a count of
+/// those held back: a flood of such clients cannot flood the log.
+macro_rules! client_caused {
+    ($level:expr, $($arg:tt)+) => {{
+        ::std::thread_local! {
+            static LIMIT: ::std::cell::RefCell<$crate::warning::RateLimit> =
+                ::std::cell::RefCell::new($crate::warning::RateLimit::default());
+        }
+        if ::log::log_enabled!($level) {
+            let allowed = LIMIT.with(|limit| limit.borrow_mut().allow(::std::time::Instant::now()));
+            if let Some(suppressed) = allowed {
+                ::log::log!(
+                    $level,
+                    "{}{}",
+                    format_args!($($arg)+),
+                    $crate::warning::suppressed_note(suppressed)
+                );
+            }
+        }
+    }};
+}
+pub(crate) use client_caused;
+
+/// A logger that passes what other crates log at info, warn or error (rustls' warnings, for
+/// example, one per client that sends an IP address as its server name or asks to
+/// renegotiate) through the same limit, once a second per crate and level, with a count of
+/// what was held back. Their debug and trace lines, asked for explicitly, pass as they are;
+/// this crate's own lines are limited where they are written.
+pub struct LimitedLog<L> {
+    inner: L,
+    limits: std::sync::Mutex<std::collections::HashMap<(String, log::Level), RateLimit>>,
+}
+
+impl<L: log::Log> LimitedLog<L> {
+    pub fn new(inner: L) -> LimitedLog<L> {
+        LimitedLog {
+            inner,
+            limits: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl<L: log::Log> log::Log for LimitedLog<L> {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        let ours = record.target().starts_with(env!("CARGO_CRATE_NAME"));
+        if ours || record.level() > log::Level::Info || !self.enabled(record.metadata()) {
+            return self.inner.log(record);
+        }
+        let crate_name = record.target().split("::").next().unwrap_or_default();
+        let allowed = self
+            .limits
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry((crate_name.to_owned(), record.level()))
+            .or_default()
+            .allow(Instant::now());
+        if let Some(suppressed) = allowed {
+            self.inner.log(
+                &log::Record::builder()
+                    .args(format_args!(
+                        "{}{}",
+                        record.args(),
+                        suppressed_note(suppressed)
+                    ))
+                    .metadata(record.metadata().clone())
+                    .module_path(record.module_path())
+                    .file(record.file())
+                    .line(record.line())
+                    .build(),
+            );
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use log::Log;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Kept(Mutex<Vec<String>>);
+
+    impl Log for Kept {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            let line = format!("{} {}", record.target(), record.args());
+            self.0.lock().unwrap().push(line);
+        }
+        fn flush(&self) {}
+    }
+
+    fn record(target: &str, level: log::Level, log: &impl Log) {
+        log.log(
+            &log::Record::builder()
+                .target(target)
+                .level(level)
+                .args(format_args!("a line"))
+                .build(),
+        );
+    }
+
+    #[test]
+    fn other_crates_lines_are_limited_per_crate_and_level_and_ours_pass() {
+        let limited = LimitedLog::new(Kept::default());
+        for _ in 0..50 {
+            record("rustls::msgs::handshake", log::Level::Warn, &limited);
+            record("rustls::common_state", log::Level::Warn, &limited);
+            record("rustls::server", log::Level::Debug, &limited);
+            record("kv_server::table", log::Level::Warn, &limited);
+        }
+        let kept = limited.inner.0.lock().unwrap();
+        let count = |prefix: &str| kept.iter().filter(|l| l.starts_with(prefix)).count();
+        // Within the second these 200 took: one rustls warning, every debug line (asked
+        // for), and all of ours (limited where they are written).
+        assert_eq!(count("rustls::msgs"), 1);
+        assert_eq!(count("rustls::common_state"), 0);
+        assert_eq!(count("rustls::server"), 50);
+        assert_eq!(count("kv_server"), 50);
+    }
+}

@@ -424,7 +424,8 @@ impl Connection {
             if !arrived.is_empty() && !self.first_bytes_seen && self.tls.is_none() {
                 self.first_bytes_seen = true;
                 if self.telnet.is_none() && telnet::opens_negotiation(arrived) {
-                    log::info!(
+                    crate::warning::client_caused!(
+                        log::Level::Info,
                         "{}: this looks like a telnet client (it opened with telnet \
                          negotiation); its bytes are echoed as they are, and --telnet would \
                          serve it as telnet",
