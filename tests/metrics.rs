@@ -270,6 +270,63 @@ fn a_stalled_scraper_delays_no_echo_and_is_closed_after_the_time_out() {
     assert!(started.elapsed() >= Duration::from_millis(400));
 }
 
+/// Idle connections held on the metrics port cannot blind monitoring: with all 16 places
+/// taken by connections that sent nothing, each new scraper takes the place of the one
+/// silent longest, round after round as the holder re-opens them; scrapers that have asked
+/// something keep their places, and a newcomer is then turned away.
+#[test]
+fn silent_connections_give_way_to_a_new_scraper() {
+    let server = TestServer::start_with(
+        Config {
+            metrics: Some("127.0.0.1:0".parse().unwrap()),
+            metrics_timeout: Duration::from_secs(60),
+            ..Config::default()
+        },
+        Box::new(Echo),
+    );
+    let metrics = server.metrics.unwrap();
+    let mut silent: std::collections::VecDeque<TcpStream> =
+        (0..16).map(|_| common::connect(metrics)).collect();
+    for round in 0..10 {
+        let answer = http(metrics, b"GET /metrics HTTP/1.0\r\n\r\n");
+        assert!(
+            answer.starts_with("HTTP/1.0 200 OK"),
+            "round {round}: {answer}"
+        );
+        let mut oldest = silent.pop_front().unwrap();
+        assert!(
+            common::closed_within(&mut oldest, common::TIMEOUT),
+            "round {round}: the longest silent gave way"
+        );
+        // The holder opens another, as one blinding the monitoring would.
+        silent.push_back(common::connect(metrics));
+    }
+    drop(silent);
+    // Scrapers that asked something, and hold their connections open for more.
+    let wait = Instant::now() + common::TIMEOUT;
+    let mut asking: Vec<TcpStream> = Vec::new();
+    while asking.len() < 16 {
+        let mut stream = common::connect(metrics);
+        stream.set_read_timeout(Some(common::TIMEOUT)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 1];
+        // A place freed by a silent one's close may not be seen yet: try again.
+        if stream.peek(&mut first).is_ok_and(|n| n > 0) {
+            let (status, _) = read_response(&mut stream);
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            asking.push(stream);
+        }
+        assert!(Instant::now() < wait, "16 places for scrapers");
+    }
+    let mut newcomer = common::connect(metrics);
+    assert!(
+        common::closed_within(&mut newcomer, common::TIMEOUT),
+        "no place: every scraper asked something"
+    );
+}
+
 /// The 8 KiB cap on a request holds however its bytes arrive: the same 10,030-byte request
 /// in one write or in two gets 400.
 #[test]

@@ -22,7 +22,9 @@ use super::exposition::{self, Format};
 use super::process::ProcessStats;
 use super::Snapshot;
 
-/// Scrapers served at once; one more is accepted and closed.
+/// Scrapers served at once. One more takes the place of the one that has been connected
+/// longest without sending a byte, if any has; otherwise it is accepted and closed. So
+/// idle connections held on the port cannot keep every scrape out.
 const MAX_SCRAPERS: usize = 16;
 /// Longest request (request line and headers) read before answering 400.
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -59,6 +61,9 @@ pub(crate) struct MetricsEndpoint {
 struct Scraper {
     socket: TcpStream,
     peer: SocketAddr,
+    /// When it connected, while it has sent nothing: it gives way to a new scraper when
+    /// every place is taken.
+    silent_since: Option<Instant>,
     /// What has arrived of the requests not yet answered.
     requests: Requests,
     /// Answers not yet taken by the socket; `output[sent..]` is still to go.
@@ -145,7 +150,7 @@ impl MetricsEndpoint {
                     return;
                 }
             };
-            if self.scrapers.len() >= MAX_SCRAPERS {
+            if self.scrapers.len() >= MAX_SCRAPERS && !self.make_room(registry) {
                 log::debug!("{peer}: metrics scraper over the limit of {MAX_SCRAPERS}; closed");
                 continue;
             }
@@ -159,6 +164,7 @@ impl MetricsEndpoint {
             entry.insert(Scraper {
                 socket,
                 peer,
+                silent_since: Some(now),
                 requests: Requests::default(),
                 output: Vec::new(),
                 sent: 0,
@@ -168,6 +174,22 @@ impl MetricsEndpoint {
                 owed: false,
             });
         }
+    }
+
+    /// Closes the scraper connected longest without sending anything, if one has not:
+    /// true if it made room.
+    fn make_room(&mut self, registry: &Registry) -> bool {
+        let silent = self
+            .scrapers
+            .iter()
+            .filter_map(|(key, scraper)| Some((scraper.silent_since?, key)))
+            .min();
+        let Some((_, key)) = silent else {
+            return false;
+        };
+        let reason = "it had sent nothing, and a new scraper needed its place";
+        self.close(registry, key, Some(io::Error::other(reason)));
+        true
     }
 
     /// Serves readiness on a scraper: answers complete requests from `snapshot`, sends what
@@ -352,6 +374,7 @@ impl Scraper {
                 }
                 Ok(n) => {
                     self.requests.input.extend_from_slice(&chunk[..n]);
+                    self.silent_since = None;
                     Ok(true)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
