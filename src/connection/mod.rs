@@ -300,14 +300,18 @@ impl Connection {
         self.read_paused
     }
 
-    /// Bytes held for this client: its unfinished line and its unsent output.
+    /// Bytes held for this client: its unfinished line, its unsent output, and what rustls
+    /// holds of its input.
     pub fn buffered_bytes(&self) -> usize {
-        self.partial.len() + self.output.pending()
+        let tls = self.tls.as_deref().map_or(0, TlsLayer::held);
+        self.partial.len() + self.output.pending() + tls
     }
 
-    /// Heap memory held in this connection's buffers, what the buffer budget counts.
+    /// Heap memory held in this connection's buffers and by rustls for it (beyond rustls'
+    /// read buffer of a few KiB), what the buffer budget counts.
     pub fn buffered_capacity(&self) -> usize {
-        self.partial.capacity() + self.output.capacity()
+        let tls = self.tls.as_deref().map_or(0, TlsLayer::held);
+        self.partial.capacity() + self.output.capacity() + tls
     }
 
     /// What the buffer budget's look needs to know of this connection.

@@ -3,8 +3,17 @@
 //! buffer; the plaintext they hold is taken out into a buffer of the turn and handed up;
 //! answers are sealed as they are made, and the records rustls makes (answers, handshake
 //! flights, alerts, `close_notify`) are taken out at once, to go down with the rest of the
-//! connection's output. rustls so never holds more than one read's worth of anything, and
-//! everything queued for the wire sits in the one output buffer the budget counts.
+//! connection's output, which the budget counts.
+//!
+//! What rustls keeps of the input is counted in the budget too ([`TlsLayer::held`]): an
+//! unfinished record (up to 16 KiB and a bit), and a handshake message put together from
+//! several records (up to 64 KiB). rustls does not say how much it holds, so the layer
+//! counts what it gave rustls that has not come out as plaintext since: during the
+//! handshake, everything fed (a client's flights are a few KiB); once data flows, the
+//! bytes of the record under way, followed by its header. It is never less than what
+//! rustls holds beyond its 4 KiB read buffer; a client that feeds records which never
+//! open to data is charged for all of them, and the budget stops reading it, then closes
+//! it, as it does a client that never ends its line.
 //!
 //! A failure is a [`Fault::Tls`], with a reason from a short list (counted by reason in the
 //! metrics) and rustls' own words; the alert rustls makes for it is sent before the close.
@@ -87,6 +96,61 @@ pub(crate) struct TlsLayer {
     closed: bool,
     /// The client's `close_notify` has come.
     peer_closed: bool,
+    /// Bytes given to rustls that have not come out as plaintext: what rustls may hold.
+    unopened: usize,
+    /// Where the input stands in its record framing.
+    record: RecordCursor,
+}
+
+/// Follows the TLS record framing of the input (a 5-byte header whose last two bytes are
+/// the body's length, then the body), to know how much of an unfinished record was fed.
+#[derive(Debug, Default, Clone, Copy)]
+struct RecordCursor {
+    /// Bytes of the current record seen, header included.
+    seen: usize,
+    /// The current record's body length, once its header is whole.
+    length: Option<usize>,
+    /// The header's length bytes as they come.
+    length_bytes: [u8; 2],
+}
+
+const RECORD_HEADER: usize = 5;
+
+impl RecordCursor {
+    fn advance(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            match self.length {
+                None => {
+                    let at = self.seen;
+                    if at >= 3 {
+                        self.length_bytes[at - 3] = bytes[0];
+                    }
+                    self.seen += 1;
+                    bytes = &bytes[1..];
+                    if self.seen == RECORD_HEADER {
+                        self.length = Some(usize::from(u16::from_be_bytes(self.length_bytes)));
+                    }
+                }
+                Some(length) => {
+                    let left = RECORD_HEADER + length - self.seen;
+                    let step = left.min(bytes.len());
+                    self.seen += step;
+                    bytes = &bytes[step..];
+                }
+            }
+            if self
+                .length
+                .is_some_and(|length| self.seen == RECORD_HEADER + length)
+            {
+                *self = RecordCursor::default();
+            }
+        }
+    }
+
+    /// Bytes of the record under way seen so far (0 between records).
+    fn unfinished(&self) -> usize {
+        self.seen
+    }
 }
 
 /// What feeding records to the layer brought.
@@ -111,6 +175,8 @@ impl TlsLayer {
             handshake_deadline: Some(handshake_deadline),
             closed: false,
             peer_closed: false,
+            unopened: 0,
+            record: RecordCursor::default(),
         })
     }
 
@@ -123,7 +189,7 @@ impl TlsLayer {
     /// time: the caller takes the plaintext out between calls. A failure leaves its alert
     /// to be taken out with [`TlsLayer::take_records`].
     pub fn feed(&mut self, mut arrived: &[u8]) -> Result<Fed, Fault> {
-        let before = arrived.len();
+        let (before, before_bytes) = (arrived.len(), arrived);
         let handshaking = self.session.is_handshaking();
         match self.session.read_tls(&mut arrived) {
             Ok(_) => {}
@@ -139,6 +205,9 @@ impl TlsLayer {
             }
         }
         let taken = before - arrived.len();
+        let fed = &before_bytes[..taken];
+        self.record.advance(fed);
+        self.unopened += taken;
         match self.session.process_new_packets() {
             Ok(state) => self.peer_closed = state.peer_has_closed(),
             Err(error) => return Err(tls_fault(&error, handshaking)),
@@ -158,7 +227,19 @@ impl TlsLayer {
     pub fn take_plaintext(&mut self, into: &mut [u8]) -> usize {
         // WouldBlock: none for now. UnexpectedEof: the socket closed without a close_notify,
         // which the read that saw the end reports.
-        self.session.reader().read(into).unwrap_or_default()
+        let taken = self.session.reader().read(into).unwrap_or_default();
+        if taken > 0 {
+            // Every whole record fed is opened (rustls processes all it can): what it may
+            // still hold is the record under way.
+            self.unopened = self.record.unfinished();
+        }
+        taken
+    }
+
+    /// Bytes of input rustls may hold for this connection beyond its own read buffer (an
+    /// unfinished record, a handshake message being put together), for the budget.
+    pub fn held(&self) -> usize {
+        self.unopened
     }
 
     /// What was agreed, for the log: the protocol version and the cipher suite.
@@ -203,6 +284,33 @@ impl TlsLayer {
                 Ok(_) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cursor_follows_records_split_anywhere() {
+        let mut records = Vec::new();
+        for length in [0usize, 1, 300, 16_640] {
+            records.extend_from_slice(&[23, 3, 3]);
+            records.extend_from_slice(&(length as u16).to_be_bytes());
+            records.extend(std::iter::repeat_n(7u8, length));
+        }
+        for split in [1, 2, 3, 4, 5, 6, 299, 4096, records.len()] {
+            let mut cursor = RecordCursor::default();
+            for chunk in records.chunks(split) {
+                cursor.advance(chunk);
+            }
+            assert_eq!(cursor.unfinished(), 0, "split {split}");
+        }
+        let mut cursor = RecordCursor::default();
+        cursor.advance(&records[..records.len() - 40]);
+        assert_eq!(cursor.unfinished(), RECORD_HEADER + 16_640 - 40);
+        cursor.advance(&records[records.len() - 40..]);
+        assert_eq!(cursor.unfinished(), 0);
     }
 }
 
