@@ -287,6 +287,14 @@ impl TlsLayer {
     }
 }
 
+fn tls_fault(error: &rustls::Error, in_handshake: bool) -> Fault {
+    Fault::Tls {
+        failure: Failure::of(error),
+        in_handshake,
+        message: error.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,13 +319,5 @@ mod tests {
         assert_eq!(cursor.unfinished(), RECORD_HEADER + 16_640 - 40);
         cursor.advance(&records[records.len() - 40..]);
         assert_eq!(cursor.unfinished(), 0);
-    }
-}
-
-fn tls_fault(error: &rustls::Error, in_handshake: bool) -> Fault {
-    Fault::Tls {
-        failure: Failure::of(error),
-        in_handshake,
-        message: error.to_string(),
     }
 }
