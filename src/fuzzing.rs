@@ -377,6 +377,12 @@ pub fn tls_records(data: &[u8]) {
     }
     assert!(!refused, "a valid record was refused");
     assert_eq!(opened, rest);
+    // Every record is opened: the budget counts nothing more for rustls.
+    assert_eq!(
+        layer.held(),
+        0,
+        "bytes still counted after every record was opened"
+    );
     // The way back: sealed by the layer, opened by the client.
     layer.seal(&opened).unwrap();
     let mut answer = Vec::new();

@@ -215,6 +215,9 @@ impl TlsLayer {
         let established = handshaking && !self.session.is_handshaking();
         if established {
             self.handshake_deadline = None;
+            // The handshake's messages are done with: rustls holds at most the record
+            // under way.
+            self.unopened = self.record.unfinished();
         }
         Ok(Fed {
             taken,
