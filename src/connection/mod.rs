@@ -177,6 +177,10 @@ pub(crate) struct Connection {
     /// With `--tls-cert`: the TLS session. Boxed, so that a connection without it pays one
     /// pointer.
     tls: Option<Box<TlsLayer>>,
+    /// What the TLS layer holds of the input (see [`TlsLayer::held`]), as of its last
+    /// read: kept here so that the budget's check on every read of a plain connection
+    /// reads a field, not the layer.
+    tls_held: usize,
     /// With `--telnet`: the protocol layer between the socket (or TLS) and the framing.
     telnet: Option<Box<TelnetLayer>>,
     /// The client's first bytes have arrived (after its PROXY header, if any).
@@ -214,6 +218,7 @@ impl Connection {
             budget_paused: false,
             awaiting_header: None,
             tls: None,
+            tls_held: 0,
             telnet: None,
             first_bytes_seen: false,
             flush_cut: false,
@@ -303,15 +308,13 @@ impl Connection {
     /// Bytes held for this client: its unfinished line, its unsent output, and what rustls
     /// holds of its input.
     pub fn buffered_bytes(&self) -> usize {
-        let tls = self.tls.as_deref().map_or(0, TlsLayer::held);
-        self.partial.len() + self.output.pending() + tls
+        self.partial.len() + self.output.pending() + self.tls_held
     }
 
     /// Heap memory held in this connection's buffers and by rustls for it (beyond rustls'
     /// read buffer of a few KiB), what the buffer budget counts.
     pub fn buffered_capacity(&self) -> usize {
-        let tls = self.tls.as_deref().map_or(0, TlsLayer::held);
-        self.partial.capacity() + self.output.capacity() + tls
+        self.partial.capacity() + self.output.capacity() + self.tls_held
     }
 
     /// What the buffer budget's look needs to know of this connection.
@@ -566,6 +569,7 @@ impl Connection {
         let plaintext = std::mem::take(&mut turn.tls_plaintext);
         let received = self.open_records(&mut tls, arrived, plaintext, turn);
         turn.tls_plaintext = plaintext;
+        self.tls_held = tls.held();
         if received.is_ok() && tls.peer_closed() && !self.read_closed {
             // The client's close_notify is its end of stream: the unfinished line is
             // answered and ours follows it.
