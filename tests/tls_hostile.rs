@@ -138,19 +138,28 @@ fn assert_bounded(
     assert!(round_trips > 0);
 }
 
-/// Waits until the server's received byte count stops growing for half a second (the hogs
-/// have sent all they will and the server has read what it will): the count then.
+/// Waits until what the budget holds, and how many it closed, stop changing for half a
+/// second (the hogs have sent all they will and the server has read what it will; the
+/// polite client's traffic holds nothing): the bytes received by then.
 fn wait_until_quiet(server: &ServerProcess) -> f64 {
-    let name = "kv_server_bytes_received_total{transport=\"tcp\"}";
-    let mut last = -1.0;
-    let deadline = std::time::Instant::now() + common::TIMEOUT;
+    let state = || {
+        let metrics = common::scrape(server.metrics_addr());
+        let value = |name: &str| metrics.get(name).copied().unwrap_or(0.0);
+        (
+            value("kv_server_buffer_budget_used_bytes"),
+            value("kv_server_connections_closed_total{reason=\"buffer_budget\"}"),
+            value("kv_server_bytes_received_total{transport=\"tcp\"}"),
+        )
+    };
+    let mut last = state();
+    let deadline = Instant::now() + common::TIMEOUT;
     loop {
-        let now = common::scrape(server.metrics_addr())[name];
-        if now == last || std::time::Instant::now() > deadline {
-            return now;
+        std::thread::sleep(Duration::from_millis(500));
+        let now = state();
+        if (now.0, now.1) == (last.0, last.1) || Instant::now() > deadline {
+            return now.2;
         }
         last = now;
-        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
