@@ -23,157 +23,231 @@ use simple_logger::SimpleLogger;
 ///
 /// Under a service manager it serves the socket passed with LISTEN_FDS (socket activation;
 /// --port, PORT and --bind are then ignored), and with NOTIFY_SOCKET set it reports
-/// readiness, status and stopping, and feeds the watchdog (WATCHDOG_USEC).
+/// readiness, status and stopping, and feeds the watchdog (WATCHDOG_USEC). An environment
+/// variable set to nothing counts as unset.
+///
+/// Exit status: 0 after a graceful shutdown; 2 for a malformed command line; 1 for any
+/// other start-up error (a port in use, a file that cannot be read...); 128 + the signal
+/// when a second signal cuts the drain short. Every error is one line on stderr,
+/// "kv_server: error: ...", naming the option or variable and the value.
 #[derive(Debug, Parser)]
-#[command(name = "kv_server", version, about, long_about)]
+#[command(name = "kv_server", version, about, long_about, max_term_width = 100)]
 struct Cli {
-    /// Port to listen on; 0 picks a free one. Overrides the PORT environment variable
-    /// [default: PORT, else 4040]
-    #[arg(long, help_heading = "Listening", value_name = "PORT")]
+    /// Port to listen on [default: PORT, else 4040]
+    ///
+    /// 0 picks a free one (the start-up line names it). Overrides the PORT environment
+    /// variable.
+    #[arg(long, help_heading = "Listening", value_name = "PORT", value_parser = parse_port,
+          allow_negative_numbers = true)]
     port: Option<u16>,
 
-    /// Address to listen on, IPv4 or IPv6
-    #[arg(long, help_heading = "Listening", value_name = "ADDR", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    /// Address to listen on [default: 0.0.0.0]
+    ///
+    /// IPv4 or IPv6 (:: takes IPv4 clients too, as ::ffff:a.b.c.d), or localhost for
+    /// 127.0.0.1.
+    #[arg(long, help_heading = "Listening", value_name = "ADDR", value_parser = parse_bind,
+          hide_default_value = true, default_value = "0.0.0.0")]
     bind: IpAddr,
 
-    /// Set SO_REUSEPORT, so that several instances share the port (one per core) and a new
-    /// one can start before the old one stops
+    /// Share the port with other instances
+    ///
+    /// Sets SO_REUSEPORT (on the UDP socket too), so that several instances share the port,
+    /// one per core, and a new one can start before the old one stops.
     #[arg(long, help_heading = "Listening")]
     reuse_port: bool,
 
-    /// Also accept connections on a Unix stream socket at PATH, with the same echo and
-    /// rules (per-address ones aside). A stale socket file there (nobody listening) is
-    /// replaced; a live one, or a file that is not a socket, is an error. The file is removed
-    /// when the server stops
+    /// Also accept on a Unix stream socket
+    ///
+    /// The same echo and rules at PATH (per-address ones aside). A stale socket file there
+    /// (nobody listening) is replaced; a live one, or a file that is not a socket, is an
+    /// error. The file is removed when the server stops, if it is still the one it made.
     #[arg(long, help_heading = "Listening", value_name = "PATH")]
     unix: Option<std::path::PathBuf>,
 
-    /// The Unix socket file's mode, in octal (660, 0600...) [default: as the umask makes it]
+    /// The Unix socket file's mode (660, 0600...)
+    ///
+    /// In octal. The file never exists at PATH with another mode [default: as the umask
+    /// makes it].
     #[arg(long, help_heading = "Listening", value_name = "OCTAL", value_parser = parse_mode, requires = "unix")]
     unix_mode: Option<u32>,
 
-    /// Longest line echoed in one piece; longer lines come back in pieces of this size
+    /// Longest line echoed whole
+    ///
+    /// Longer lines come back in pieces of this size, still byte-exact.
     #[arg(long, help_heading = "Limits", value_name = "BYTES", default_value_t = config::DEFAULT_MAX_LINE_BYTES,
-          value_parser = parse_positive)]
+          value_parser = parse_positive, allow_negative_numbers = true)]
     max_line_bytes: usize,
 
-    /// Most clients served at once; later ones are accepted and closed at once
-    /// [default: what the open-file limit allows]
-    #[arg(long, help_heading = "Limits", value_name = "N", value_parser = parse_positive)]
+    /// Most clients served at once
+    ///
+    /// Later ones take the place of a connection idle for --evict-idle-after, or are
+    /// accepted and closed at once [default: what the open-file limit allows].
+    #[arg(long, help_heading = "Limits", value_name = "N", value_parser = parse_positive,
+          allow_negative_numbers = true)]
     max_connections: Option<usize>,
 
-    /// Most connections from one client address; one more is accepted and closed at once;
-    /// 0 sets no limit
-    #[arg(long, help_heading = "Limits", value_name = "N", default_value_t = 0)]
+    /// Most connections per address
+    ///
+    /// Per client address: one more is accepted and closed at once. Behind a balancer, the address its PROXY
+    /// header names. 0 sets no limit.
+    #[arg(
+        long,
+        help_heading = "Limits",
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
     max_connections_per_ip: usize,
 
+    /// Idle seconds before eviction
+    ///
     /// At the connection limit, a new client replaces the least recently active connection
-    /// if that one has been idle this many seconds; 0 never evicts
+    /// if that one has been idle this long; 0 never evicts.
     #[arg(long, help_heading = "Limits", value_name = "SECS", default_value_t = config::DEFAULT_EVICT_IDLE_AFTER.as_secs_f64(),
-          value_parser = parse_seconds)]
+          value_parser = parse_seconds, allow_negative_numbers = true)]
     evict_idle_after: f64,
 
-    /// Budget for the bytes held in all connections' buffers together (unfinished lines and
-    /// unsent echoes). A client holding buffers is not read while a read could pass it; if
-    /// room is needed, the largest holders whose echoes did not move since the last look are
-    /// closed: first those whose client stopped reading (receive window closed), then those
-    /// slowed by the network; over the budget, the largest regardless
+    /// Budget for all buffers
+    ///
+    /// The bytes held in all connections' buffers together (unfinished lines, unsent
+    /// echoes, what TLS holds of a client's input). A client holding buffers is not read
+    /// while a read could pass it; if room is needed, the largest holders whose echoes did
+    /// not move since the last look are closed: first those whose client stopped reading
+    /// (receive window closed), then those slowed by the network; over the budget, the
+    /// largest regardless.
     #[arg(long, help_heading = "Limits", value_name = "BYTES", default_value_t = config::DEFAULT_MAX_BUFFERED_BYTES,
-          value_parser = parse_positive)]
+          value_parser = parse_positive, allow_negative_numbers = true)]
     max_buffered_bytes: usize,
 
-    /// Probe a silent connection with TCP keepalive after this many seconds (then three
-    /// probes a third of it apart), and give up on a peer that acknowledges nothing for
-    /// twice it, so that vanished clients are closed; 0 sends no probes
+    /// Keepalive after this silence
+    ///
+    /// TCP keepalive probes after this many seconds of silence; then three probes a third of it apart, and a peer that acknowledges
+    /// nothing for twice it is given up on, so that vanished clients are closed. 0 sends
+    /// no probes.
     #[arg(long, help_heading = "Limits", value_name = "SECS", default_value_t = config::DEFAULT_TCP_KEEPALIVE.as_secs(),
-          value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+          value_parser = clap::value_parser!(u64).range(0..=100_000_000), allow_negative_numbers = true)]
     tcp_keepalive: u64,
 
-    /// Close a connection after this many seconds without traffic; 0 never does
-    #[arg(long, help_heading = "Limits", value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds)]
+    /// Close after this idle time
+    ///
+    /// Seconds without traffic either way; 0 never closes.
+    #[arg(long, help_heading = "Limits", value_name = "SECS", default_value_t = 0.0, value_parser = parse_seconds,
+          allow_negative_numbers = true)]
     idle_timeout: f64,
 
-    /// On SIGINT/SIGTERM, how many seconds to wait for connections to drain
+    /// Time for the drain at shutdown
+    ///
+    /// On SIGINT/SIGTERM, how many seconds connections get to take their last echoes.
     #[arg(long, help_heading = "Limits", value_name = "SECS", default_value_t = config::DEFAULT_SHUTDOWN_TIMEOUT.as_secs_f64(),
-          value_parser = parse_seconds)]
+          value_parser = parse_seconds, allow_negative_numbers = true)]
     shutdown_timeout: f64,
 
-    /// Serve only clients from this block (CIDR, IPv4 or IPv6; a bare address is one host);
-    /// repeatable. Others are closed before anything is read. An IPv4-mapped block
-    /// (::ffff:10.0.0.0/104) is the IPv4 block it names [default: everyone]
+    /// Serve only clients from this block
+    ///
+    /// A CIDR block, IPv4 or IPv6 (a bare address is one host; an IPv4-mapped block such
+    /// as ::ffff:10.0.0.0/104 is the IPv4 block it names); repeatable. Others are closed
+    /// before anything is read; UDP senders are not answered [default: everyone].
     #[arg(long, help_heading = "Access", value_name = "CIDR", value_parser = parse_cidr)]
     allow: Vec<IpNet>,
 
-    /// Refuse clients from this block, even if allowed; repeatable. Behind a balancer both
-    /// lists see the balancer's address, then the one its PROXY header names
+    /// Refuse clients from this block
+    ///
+    /// Even if allowed; repeatable. Behind a balancer both lists see the balancer's
+    /// address, then the one its PROXY header names.
     #[arg(long, help_heading = "Access", value_name = "CIDR", value_parser = parse_cidr)]
     deny: Vec<IpNet>,
 
+    /// Believe PROXY headers from this block
+    ///
     /// Connections from this block (a load balancer) begin with a PROXY protocol header,
-    /// whose client address is believed; all others are direct clients, served as they are;
-    /// repeatable
+    /// whose client address is believed; all others are direct clients, served as they
+    /// are; repeatable.
     #[arg(long, help_heading = "Access", value_name = "CIDR", value_parser = parse_cidr)]
     proxy_from: Vec<IpNet>,
 
-    /// Every connection begins with a PROXY protocol header (v1 or v2, as HAProxy's
-    /// send-proxy and send-proxy-v2 send it) naming the client; others are closed. Any client
-    /// that reaches the port can then claim any address: prefer --proxy-from
+    /// Every connection begins with a PROXY header
+    ///
+    /// v1 or v2, as HAProxy's send-proxy and send-proxy-v2 send it, naming the client;
+    /// others are closed. Any client that reaches the port can then claim any address:
+    /// prefer --proxy-from.
     #[arg(long, help_heading = "Protocols")]
     proxy_protocol: bool,
 
-    /// Speak the telnet protocol, so that PuTTY, Debian's and Ubuntu's telnet and BusyBox's
-    /// work as a person expects: lines at column 0, UTF-8, Ctrl-C, Are You There
+    /// Speak telnet to telnet clients
+    ///
+    /// So that PuTTY, Debian's and Ubuntu's telnet and BusyBox's work as a person expects:
+    /// lines at column 0, UTF-8, Ctrl-C, Are You There.
     #[arg(long, help_heading = "Protocols")]
     telnet: bool,
 
-    /// Also echo datagrams (RFC 862) on the same address and port, UDP: each back to its
-    /// sender whole. Never answered, so that no loop with another echo (or this one) can
-    /// last: source ports 0-1023 (echo, chargen, QOTD, DNS, NTP...) and this server's own
-    /// port; the same bytes from the same address and port once answered 16 times, each
-    /// within a minute of the last; sources refused by --allow/--deny; and datagrams over
-    /// --udp-rate-per-source or --udp-rate
+    /// Also echo datagrams (UDP)
+    ///
+    /// On the same address and port (RFC 862): each back to its sender whole. Never
+    /// answered, so that no loop with another echo (or this one) can last: source ports
+    /// 0-1023 (echo, chargen, QOTD, DNS, NTP...) and this server's own port; the same
+    /// bytes from the same address and port once answered 16 times, each within a minute
+    /// of the last; sources refused by --allow/--deny; and datagrams over
+    /// --udp-rate-per-source or --udp-rate.
     #[arg(long, help_heading = "Protocols")]
     udp: bool,
 
-    /// With --udp: datagrams a second answered per source address, in bursts of up to as
-    /// many; the rest are dropped and counted, never queued. 0 answers every one
-    #[arg(long, help_heading = "Protocols", value_name = "N", default_value_t = config::DEFAULT_UDP_RATE_PER_SOURCE)]
+    /// Datagrams a second per source
+    ///
+    /// With --udp: answered per source address, in bursts of up to as many; the rest are
+    /// dropped and counted, never queued. 0 answers every one.
+    #[arg(long, help_heading = "Protocols", value_name = "N", default_value_t = config::DEFAULT_UDP_RATE_PER_SOURCE,
+          allow_negative_numbers = true)]
     udp_rate_per_source: u32,
 
-    /// With --udp: datagrams a second answered by the whole server, in bursts of up to as
-    /// many, whatever their sources; the rest are dropped and counted. 0 sets no cap
-    #[arg(long, help_heading = "Protocols", value_name = "N", default_value_t = config::DEFAULT_UDP_RATE)]
+    /// Datagrams a second in all
+    ///
+    /// With --udp: answered by the whole server, in bursts of up to as many, whatever
+    /// their sources; the rest are dropped and counted. 0 sets no cap.
+    #[arg(long, help_heading = "Protocols", value_name = "N", default_value_t = config::DEFAULT_UDP_RATE,
+          allow_negative_numbers = true)]
     udp_rate: u32,
 
-    /// Speak TLS (1.2 and 1.3) on every TCP and Unix connection, with this certificate: PEM,
-    /// the server's certificate first, then any intermediates. SIGHUP reads the TLS files
-    /// again: new connections get the new ones, established ones carry on; a file that fails
-    /// to load keeps the old ones in force
+    /// Speak TLS with this certificate (PEM)
+    ///
+    /// TLS 1.2 and 1.3 on every TCP and Unix connection: the server's certificate first,
+    /// then any intermediates. SIGHUP reads the TLS files again: new connections get the
+    /// new ones, established ones carry on; a file that fails to load keeps the old ones.
     #[arg(long, help_heading = "TLS", value_name = "PATH", requires = "tls_key")]
     tls_cert: Option<std::path::PathBuf>,
 
-    /// The certificate's private key: PEM, PKCS#8, PKCS#1 (RSA) or SEC1 (EC)
+    /// The certificate's private key (PEM)
+    ///
+    /// PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
     #[arg(long, help_heading = "TLS", value_name = "PATH", requires = "tls_cert")]
     tls_key: Option<std::path::PathBuf>,
 
-    /// Require a client certificate that chains to one of these roots (PEM), mutual TLS;
-    /// clients without one, or with another, are refused in the handshake
+    /// Require client certificates from these CAs
+    ///
+    /// Mutual TLS: a client certificate that chains to one of these roots (PEM); clients
+    /// without one, or with another, are refused in the handshake.
     #[arg(long, help_heading = "TLS", value_name = "PATH", requires = "tls_cert")]
     tls_client_ca: Option<std::path::PathBuf>,
 
-    /// Seconds a TLS client may take to complete its handshake; a client that stalls, or
-    /// speaks plaintext and waits, is closed then
+    /// Seconds to finish a handshake
+    ///
+    /// A TLS client that stalls, or speaks plaintext and waits, is closed then.
     #[arg(long, help_heading = "TLS", value_name = "SECS", default_value_t = config::DEFAULT_TLS_HANDSHAKE_TIMEOUT.as_secs_f64(),
-          value_parser = parse_seconds)]
+          value_parser = parse_seconds, allow_negative_numbers = true)]
     tls_handshake_timeout: f64,
 
-    /// Serve Prometheus metrics at http://ADDR/metrics (HOST:PORT, or a port alone for all
-    /// addresses), from the same event loop
+    /// Serve Prometheus metrics at ADDR
+    ///
+    /// At http://ADDR/metrics, HOST:PORT or a port alone for all addresses, from the same
+    /// event loop.
     #[arg(long, help_heading = "Observability", value_name = "ADDR", value_parser = parse_metrics_addr)]
     metrics: Option<SocketAddr>,
 
-    /// Log level: off, error, warn, info, debug or trace [default: RUST_LOG, else info]
-    #[arg(long, help_heading = "Observability", value_name = "LEVEL")]
+    /// Log level: off, error, warn, info, debug, trace
+    ///
+    /// [default: RUST_LOG, else info]
+    #[arg(long, help_heading = "Observability", value_name = "LEVEL", ignore_case = true,
+          hide_possible_values = true,
+          value_parser = log_levels())]
     log_level: Option<LevelFilter>,
 }
 
@@ -195,6 +269,29 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
         .filter(|&p| p <= most)
         .ok_or_else(|| format!("the prefix length must be a number from 0 to {most}"))?;
     IpNet::new(addr, prefix).map_err(|e| e.to_string())
+}
+
+/// The log levels, by name: an unknown one is an error that lists them.
+fn log_levels() -> impl clap::builder::TypedValueParser<Value = LevelFilter> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["off", "error", "warn", "info", "debug", "trace"])
+        .map(|level| level.parse::<LevelFilter>().unwrap_or(LevelFilter::Info))
+}
+
+fn parse_port(text: &str) -> Result<u16, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "expected a port number from 0 to 65535".to_owned())
+}
+
+/// An IP address, or `localhost` for 127.0.0.1.
+fn parse_bind(text: &str) -> Result<IpAddr, String> {
+    if text.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    text.parse().map_err(|_| {
+        "expected an IPv4 or IPv6 address (0.0.0.0, ::, 127.0.0.1) or localhost".to_owned()
+    })
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {
@@ -233,32 +330,80 @@ fn parse_seconds(text: &str) -> Result<f64, String> {
     Ok(seconds)
 }
 
-/// The port: `--port` wins over `PORT`, which wins over the guide's 4040.
+/// The port: `--port` wins over `PORT`, which wins over the guide's 4040. A `PORT` set to
+/// nothing counts as unset, as other tools take an empty variable.
 fn resolve_port(flag: Option<u16>, env: Option<String>) -> Result<u16, String> {
     if let Some(port) = flag {
         return Ok(port);
     }
-    match env {
+    match env.filter(|text| !text.trim().is_empty()) {
         None => Ok(config::DEFAULT_PORT),
-        Some(text) => text.trim().parse().map_err(|_| {
-            format!("invalid PORT environment variable '{text}': expected a port number from 0 to 65535")
-        }),
+        Some(text) => parse_port(&text)
+            .map_err(|reason| format!("invalid PORT environment variable '{text}': {reason}")),
+    }
+}
+
+/// Why the program could not start (or run), and so its exit status.
+enum Failure {
+    /// A malformed command line: exit status 2, as clap and other tools use for it.
+    Usage(String),
+    /// Anything else: exit status 1.
+    Runtime(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Runtime(message)
     }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(Failure::Usage(one_line(&e.render().to_string()))),
+    };
     match serve(cli) {
         Ok(Stopped::Forced { signal }) => ExitCode::from(128u8.saturating_add(signal as u8)),
         Ok(_) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("kv_server: {message}");
-            ExitCode::FAILURE
-        }
+        Err(failure) => fail(failure),
     }
 }
 
-fn serve(cli: Cli) -> Result<Stopped, String> {
+fn fail(failure: Failure) -> ExitCode {
+    let (message, status) = match failure {
+        Failure::Usage(message) => (message, 2),
+        Failure::Runtime(message) => (message, 1),
+    };
+    eprintln!("kv_server: error: {message}");
+    ExitCode::from(status)
+}
+
+/// clap's error as one line: its first paragraph (the error, and on the lines after it the
+/// arguments it names or the values it takes) and any tip, without the usage and the
+/// pointer to --help that follow.
+fn one_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for paragraph in rendered.split("\n\n") {
+        let words = paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
+        if words.starts_with("Usage:") || words.starts_with("For more information") {
+            continue;
+        }
+        parts.push(words);
+    }
+    let joined = parts.join("; ");
+    joined.strip_prefix("error: ").unwrap_or(&joined).to_owned()
+}
+
+fn serve(cli: Cli) -> Result<Stopped, Failure> {
     let port = resolve_port(cli.port, std::env::var("PORT").ok())?;
     init_logging(cli.log_level)?;
     return_large_buffers_at_once();
@@ -302,7 +447,10 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         shutdown_timeout: Duration::from_secs_f64(cli.shutdown_timeout),
         ..Config::default()
     };
-    config.validate().map_err(|e| e.to_string())?;
+    // The options' values do not go together: the command line is at fault.
+    config
+        .validate()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     let mut server = match inherited {
         Some(sockets) => {
             let also = match (sockets.udp.is_some(), sockets.unix.is_some()) {
@@ -337,9 +485,9 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         Ok(None) => {}
         Err(e) => {
             let socket = std::env::var("NOTIFY_SOCKET").unwrap_or_default();
-            return Err(format!(
+            return Err(Failure::Runtime(format!(
                 "cannot reach the service manager at NOTIFY_SOCKET '{socket}': {e}"
-            ));
+            )));
         }
     }
     if let Some(asked) = config.max_connections {
@@ -354,9 +502,9 @@ fn serve(cli: Cli) -> Result<Stopped, String> {
         "Serving at most {} connections (open-file limit {open_files})",
         server.max_connections()
     );
-    server
+    Ok(server
         .run()
-        .map_err(|e| format!("the event loop failed: {e}"))
+        .map_err(|e| format!("the event loop failed: {e}"))?)
 }
 
 /// Makes buffers of 128 KiB and more (a connection's unsent echoes under backpressure) come

@@ -522,7 +522,7 @@ fn shutdown_logs_a_summary_of_the_run() {
     server.signal(libc::SIGTERM);
     let summary = server.wait_log("Served");
     assert!(
-        summary.contains("Served 1 connections; 200 bytes in, 200 bytes out")
+        summary.contains("Served 1 connection; 200 bytes in, 200 bytes out")
             && summary.contains("client_closed 1"),
         "{summary}"
     );

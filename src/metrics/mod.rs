@@ -256,12 +256,20 @@ impl Snapshot {
             None => String::new(),
         };
         format!(
-            "Served {} connections; {} bytes in, {} bytes out; {} long lines; ended: \
-             {endings}{datagrams}",
-            self.accepts.accepted.iter().sum::<u64>(),
+            "Served {}; {} bytes in, {} bytes out; {}; ended: {endings}{datagrams}",
+            counted(self.accepts.accepted.iter().sum::<u64>(), "connection"),
             self.traffic.bytes_received,
             self.traffic.bytes_sent,
-            self.traffic.long_lines
+            counted(self.traffic.long_lines, "long line")
         )
+    }
+}
+
+/// "1 connection", "2 connections": a count and its noun, in the number it takes.
+fn counted(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
     }
 }
