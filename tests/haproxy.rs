@@ -1,7 +1,7 @@
 //! kv_server behind Debian's HAProxy: PROXY protocol v2 with `tcp-check` health checks, 200
 //! clients from their own addresses, health checks without the PROXY protocol, and a
-//! rolling restart of the instances under load. Skipped (with a message) where haproxy is
-//! not installed, except under CI, which installs it.
+//! rolling restart of the instances under load. Each needs haproxy and is `#[ignore]`d
+//! with that reason: `cargo test -- --include-ignored` (CI) runs them.
 
 mod common;
 
@@ -17,8 +17,8 @@ use common::churn::Churn;
 use common::crowd::{connect_from, source_address};
 use common::{assert_echo, ServerProcess};
 
-fn haproxy_installed() -> bool {
-    common::tool_installed("haproxy", "haproxy")
+fn require_haproxy() {
+    common::require_tool("haproxy", "haproxy");
 }
 
 /// HAProxy in the foreground with deploy/haproxy.cfg's settings, its frontend on a free
@@ -183,10 +183,9 @@ fn clients_logged(instances: &[&ServerProcess], until: usize) -> Vec<HashSet<IpA
 }
 
 #[test]
+#[ignore = "needs haproxy (apt-get install haproxy); cargo test -- --include-ignored"]
 fn through_haproxy_with_proxy_v2_every_client_is_served_under_its_own_address() {
-    if !haproxy_installed() {
-        return;
-    }
+    require_haproxy();
     let (kv1, kv2) = (instance(0, true), instance(0, true));
     let haproxy = Haproxy::start([kv1.addr(), kv2.addr()], true, None);
     std::thread::scope(|scope| {
@@ -223,10 +222,9 @@ fn through_haproxy_with_proxy_v2_every_client_is_served_under_its_own_address() 
 }
 
 #[test]
+#[ignore = "needs haproxy (apt-get install haproxy); cargo test -- --include-ignored"]
 fn haproxy_re_encrypting_with_proxy_v2_and_tls_checks_serves_every_client_as_itself() {
-    if !haproxy_installed() {
-        return;
-    }
+    require_haproxy();
     let pki = common::tls::Pki::new("haproxy");
     let files = pki.write_server(1);
     let (cert, key) = (files.cert.to_str().unwrap(), files.key.to_str().unwrap());
@@ -262,10 +260,9 @@ fn haproxy_re_encrypting_with_proxy_v2_and_tls_checks_serves_every_client_as_its
 }
 
 #[test]
+#[ignore = "needs haproxy (apt-get install haproxy); cargo test -- --include-ignored"]
 fn tcp_check_works_without_the_proxy_protocol_too() {
-    if !haproxy_installed() {
-        return;
-    }
+    require_haproxy();
     let (kv1, kv2) = (instance(0, false), instance(0, false));
     let haproxy = Haproxy::start([kv1.addr(), kv2.addr()], false, None);
     let mut client = common::connect(haproxy.frontend);
@@ -273,10 +270,9 @@ fn tcp_check_works_without_the_proxy_protocol_too() {
 }
 
 #[test]
+#[ignore = "needs haproxy (apt-get install haproxy); cargo test -- --include-ignored"]
 fn a_rolling_restart_through_haproxy_loses_no_line() {
-    if !haproxy_installed() {
-        return;
-    }
+    require_haproxy();
     let mut instances = [instance(0, true), instance(0, true)];
     let ports = [instances[0].port, instances[1].port];
     let haproxy = Haproxy::start([instances[0].addr(), instances[1].addr()], true, None);
@@ -305,10 +301,9 @@ fn a_rolling_restart_through_haproxy_loses_no_line() {
 
 /// The example configuration as shipped passes HAProxy's own check.
 #[test]
+#[ignore = "needs haproxy (apt-get install haproxy); cargo test -- --include-ignored"]
 fn the_example_configuration_is_valid() {
-    if !haproxy_installed() {
-        return;
-    }
+    require_haproxy();
     let output = Command::new("haproxy")
         .args(["-c", "-f"])
         .arg(Path::new("deploy/haproxy.cfg"))

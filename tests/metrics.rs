@@ -530,11 +530,10 @@ fn shutdown_logs_a_summary_of_the_run() {
 }
 
 #[test]
+#[ignore = "needs curl and promtool (apt-get install curl prometheus); cargo test -- --include-ignored"]
 fn curl_scrapes_what_promtool_accepts() {
-    if !common::tool_installed("curl", "curl") || !common::tool_installed("promtool", "prometheus")
-    {
-        return;
-    }
+    common::require_tool("curl", "curl");
+    common::require_tool("promtool", "prometheus");
     let server = ServerProcess::start(&["--metrics", "127.0.0.1:0"]);
     let url = format!("http://{}/metrics", server.metrics_addr());
     let mut client = common::connect(server.addr());

@@ -1,8 +1,8 @@
 //! TLS with the tools people test TLS endpoints with: certificates and keys made by
 //! Debian's openssl (RSA in PKCS#8 and PKCS#1, ECDSA in SEC1, Ed25519; a chain through an
 //! intermediate), `openssl s_client` over TLS 1.2 and 1.3, and socat's OPENSSL client.
-//! Skipped (with a message) where openssl or socat is missing, except under CI, which
-//! installs them.
+//! Each needs openssl (or socat) and is `#[ignore]`d with the reason: `cargo test --
+//! --include-ignored` (CI) runs them.
 
 mod common;
 
@@ -229,10 +229,9 @@ fn s_client(addr: std::net::SocketAddr, ca: &Path, version: &str) -> Command {
 }
 
 #[test]
+#[ignore = "needs openssl (apt-get install openssl); cargo test -- --include-ignored"]
 fn openssl_s_client_echoes_byte_exact_with_every_key_kind_over_tls_1_2_and_1_3() {
-    if !common::tool_installed("openssl", "openssl") {
-        return;
-    }
+    common::require_tool("openssl", "openssl");
     let files = Files::new("s_client");
     files.authorities();
     for kind in ["ecdsa-sec1", "rsa-pkcs8", "rsa-pkcs1", "ed25519"] {
@@ -249,10 +248,10 @@ fn openssl_s_client_echoes_byte_exact_with_every_key_kind_over_tls_1_2_and_1_3()
 }
 
 #[test]
+#[ignore = "needs openssl and socat (apt-get install openssl socat); cargo test -- --include-ignored"]
 fn socat_openssl_client_echoes_byte_exact() {
-    if !common::tool_installed("openssl", "openssl") || !common::tool_installed("socat", "socat") {
-        return;
-    }
+    common::require_tool("openssl", "openssl");
+    common::require_tool("socat", "socat");
     let files = Files::new("socat");
     files.authorities();
     let config = Config {
@@ -270,10 +269,9 @@ fn socat_openssl_client_echoes_byte_exact() {
 }
 
 #[test]
+#[ignore = "needs openssl (apt-get install openssl); cargo test -- --include-ignored"]
 fn openssl_s_client_with_a_client_certificate_is_served_and_without_one_refused() {
-    if !common::tool_installed("openssl", "openssl") {
-        return;
-    }
+    common::require_tool("openssl", "openssl");
     let files = Files::new("mtls");
     files.authorities();
     let mut tls = files.server("ecdsa-sec1");
@@ -321,4 +319,47 @@ fn openssl_s_client_with_a_client_certificate_is_served_and_without_one_refused(
         "s_client said: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The certificates the README's commands make (a CA, a server certificate, a client
+/// certificate), run as written in a fresh directory: the binary serves TLS with them,
+/// mutual TLS included, and `openssl s_client` as the README shows it echoes byte-exact.
+#[test]
+#[ignore = "needs openssl (apt-get install openssl); cargo test -- --include-ignored"]
+fn the_readme_certificate_commands_make_certificates_the_server_takes() {
+    common::require_tool("openssl", "openssl");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let commands = readme
+        .split("```sh\n")
+        .map(|block| block.split("```").next().unwrap())
+        .find(|block| block.contains("openssl req -x509"))
+        .expect("the README's block of openssl commands");
+    let files = Files::new("readme");
+    let made = Command::new("sh")
+        .args(["-eu", "-c", commands])
+        .current_dir(&files.dir)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "the README's commands: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let path = |name: &str| files.path(name).to_string_lossy().into_owned();
+    let server = common::ServerProcess::start(&[
+        "--tls-cert",
+        &path("server.pem"),
+        "--tls-key",
+        &path("server.key"),
+        "--tls-client-ca",
+        &path("ca.pem"),
+    ]);
+    let mut client = Command::new("openssl");
+    client
+        .args(["s_client", "-quiet", "-no_ign_eof", "-verify_return_error"])
+        .args(["-connect", &server.addr().to_string()])
+        .args(["-CAfile", &path("ca.pem")])
+        .args(["-cert", &path("client.pem"), "-key", &path("client.key")]);
+    assert_eq!(round_trip(&mut client), LINES);
 }

@@ -258,11 +258,10 @@ fn v4(addr: SocketAddr) -> SocketAddrV4 {
 /// From another server's address and port: the two answer each other at the kernel's
 /// speed until the loop protection ends it, within a second.
 #[test]
+#[ignore = "needs root for raw sockets in a network namespace; cargo test -- --include-ignored as root"]
 fn forged_loops_end_at_once_or_after_a_bounded_count() {
     std::thread::spawn(|| {
-        if !netns::enter_or_skip() {
-            return;
-        }
+        netns::enter();
         let first = server_on("127.0.0.1:0", 0);
         let second = server_on("127.0.0.2:0", 0);
         let (a, b) = (v4(first.udp.unwrap()), v4(second.udp.unwrap()));

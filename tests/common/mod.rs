@@ -451,22 +451,17 @@ pub fn socket_activated_many(fds: &[std::os::fd::RawFd], names: &str, args: &[&s
     command
 }
 
-/// Whether an outside tool from Debian's packages is installed; when it is not, a test
-/// that needs it says so and skips, except under CI, which installs it (then it fails).
-pub fn tool_installed(name: &str, package: &str) -> bool {
+/// Fails the test unless an outside tool from Debian's packages is installed. Tests that
+/// need one are `#[ignore]`d with the reason, so that `cargo test` shows them as not run;
+/// `cargo test -- --include-ignored` (CI) runs them, and a missing tool is then a failure,
+/// never a silent pass.
+pub fn require_tool(name: &str, package: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|status| status.success());
-    if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{name} is missing; CI installs it (apt-get install {package})"
-        );
-        eprintln!("skipped: {name} is not installed (apt-get install {package})");
-    }
-    found
+    assert!(found, "{name} is missing: apt-get install {package}");
 }
 
 pub fn raise_fd_limit() {
