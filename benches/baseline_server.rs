@@ -1,5 +1,5 @@
 //! Runs a tokio baseline echo server as its own process, for load-generator runs side by
-//! side with kv_server (see the README's results):
+//! side with kv_server (see docs/performance.md):
 //!
 //! ```sh
 //! cargo bench --bench baseline_server -- raw 4041

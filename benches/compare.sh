@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Side-by-side load-generator runs behind the README's results table: kv_server, a raw tokio
+# Side-by-side load-generator runs behind docs/performance.md's results table: kv_server, a raw tokio
 # echo and a line-at-a-time tokio echo, each pinned to CPU 0 with kv_load pinned to CPU 1,
 # in one run, the servers taking turns within each round. benches/scale.sh goes on to
 # 19,900 connections with kv_server alone.

@@ -8,7 +8,7 @@
 #   - churn: 300 new connections a second, each echoing one line, half of
 #     them then closed by a reset (SO_LINGER 0), half by a FIN.
 # A benchmark, not a CI test: it takes the whole machine for the run. Its table is in the
-# README.
+# docs/performance.md.
 #
 # Usage: bash benches/soak.sh [seconds, default 600]
 set -euo pipefail

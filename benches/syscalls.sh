@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The system-call profile in the README: strace -c -f over the release server while kv_load
+# The system-call profile in docs/performance.md: strace -c -f over the release server while kv_load
 # makes a fixed number of request/responses (50 connections x 2,000 lines of 128 bytes).
 # Needs strace (apt-get install -y strace). Usage: bash benches/syscalls.sh [lines per connection]
 set -euo pipefail

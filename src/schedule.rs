@@ -37,7 +37,7 @@ use crate::metrics::Traffic;
 
 /// The most one connection reads in one service: one read with the default 64 KiB read
 /// buffer. Redis reads 16 KiB per event; measured here, 64 KiB keeps bulk throughput and
-/// bounds the polite client's wait as well (see the README).
+/// bounds the polite client's wait as well (see docs/design.md).
 pub(crate) const READ_SHARE: usize = 64 * 1024;
 /// The most one connection's queued output is written in one service (Redis:
 /// `NET_MAX_WRITES_PER_EVENT`, 64 KiB). Echoes of a read go out with the read, whatever

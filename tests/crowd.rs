@@ -127,7 +127,7 @@ fn crowd_within_budget(hogs: usize, quota: usize, lines: bool, budget_mib: u64) 
         kernel.since()
     );
     assert!(peak <= bound, "peak {peak} KiB over {bound} KiB");
-    // How fast is for the release build (README); here: its round trips kept completing.
+    // How fast is for the release build (docs/performance.md); here: its round trips kept completing.
     assert!(!latencies.is_empty(), "the polite client kept being served");
     assert_eq!(intact + closed, hogs);
 }

@@ -21,7 +21,7 @@ fn idle_connections_cost_under_a_kilobyte_each() {
     let mut probe = common::connect(server.addr());
     common::assert_echo(&mut probe, b"warm up\n");
     let idle_rss = server.status_kib("RssAnon");
-    // The whole idle process is measured on the release binary (the README's figures);
+    // The whole idle process is measured on the release binary (docs/performance.md);
     // here, what it allocated: 0.7 MiB, most of it the 64 KiB read buffer, the logger
     // and the loop's event list.
     assert!(idle_rss < 2 * 1024, "idle server RssAnon {idle_rss} KiB");

@@ -25,7 +25,7 @@ use kv_testkit::kernel;
 const PER_CONNECTION_KIB: u64 = 8;
 
 /// The crowd: 500 hogs against a 2 MiB budget, or what `TLS_HOGS` and `TLS_BUDGET_KIB` say
-/// (the README's runs use the release build with 15,000 and the default 64 MiB).
+/// (docs/protocols.md's runs use the release build with 15,000 and the default 64 MiB).
 fn crowd() -> (usize, u64) {
     let number = |name: &str, default: u64| {
         std::env::var(name)

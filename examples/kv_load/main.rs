@@ -1,4 +1,4 @@
-//! `kv_load`: the load generator behind the README's figures.
+//! `kv_load`: the load generator behind docs/performance.md's figures.
 //!
 //! It opens N connections to a line echo server, keeps D lines of L bytes in flight on each
 //! for a set time (or a set number of lines), checks every echoed byte against what was sent,

@@ -15,7 +15,7 @@
 //! two system calls for up to [`BATCH`] datagrams, where one at a time takes two for each.
 //! A run of equal-sized echoes to one sender goes as one segmented send (UDP GSO), which
 //! the kernel cuts into the datagrams: one pass through the stack for the run. On loopback
-//! that took the server's CPU per datagram from 2.6 to 2.0 us (the README has the runs).
+//! that took the server's CPU per datagram from 2.6 to 2.0 us (docs/performance.md has the runs).
 //! Each slot of the batch holds the largest datagram; the slots' pages are touched only as
 //! far as datagrams fill them.
 
