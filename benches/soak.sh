@@ -7,7 +7,7 @@
 #   - 4 slow readers, each sending 2 MB of lines and reading 4 KiB every 50 ms;
 #   - churn: 300 new connections a second, each echoing one line, half of
 #     them then closed by a reset (SO_LINGER 0), half by a FIN.
-# A benchmark, not a CI test: it takes the whole machine for the run. Its table is in the
+# A benchmark, not a CI test: it takes the whole machine for the run. Its table is in
 # docs/performance.md.
 #
 # Usage: bash benches/soak.sh [seconds, default 600]
