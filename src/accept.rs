@@ -20,7 +20,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::access::{warn_refused, AccessRules, ProxySources};
 use crate::config::Config;
-use crate::metrics::AcceptCounts;
+use crate::counters::AcceptCounts;
 use crate::stream::{Peer, Stream};
 use crate::warning::{suppressed_note, RateLimit};
 

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use crate::connection::proxy::{self, Header, HeaderReader};
 use crate::connection::telnet::{self, Piece, SubnegotiationTooLong, Telnet};
 use crate::connection::tls::TlsLayer;
+use crate::counters::Traffic;
 use crate::line;
 use crate::metrics::endpoint::Requests;
-use crate::metrics::{Snapshot, Traffic};
+use crate::metrics::Snapshot;
 use crate::udp::{RepeatMemory, SourceRates};
 
 /// Cut points in `0..=len`, sorted, drawn from `seed`: at most `count`.

@@ -24,6 +24,7 @@ mod budget;
 mod certificates;
 pub mod config;
 mod connection;
+mod counters;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handler;

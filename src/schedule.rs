@@ -33,7 +33,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::metrics::Traffic;
+use crate::counters::Traffic;
 
 /// The most one connection reads in one service: one read with the default 64 KiB read
 /// buffer. Redis reads 16 KiB per event; measured here, 64 KiB keeps bulk throughput and

@@ -18,10 +18,10 @@ use slab::Slab;
 use crate::access::{warn_refused, AccessRules, AddressLimit, ProxySources};
 use crate::budget::BufferBudget;
 use crate::config::Config;
-use crate::connection::tls::Failure;
 use crate::connection::{Connection, Fault};
+use crate::counters::TlsFailure as Failure;
+use crate::counters::{BufferGauges, CloseReason, ClosedCounts};
 use crate::idle::IdleList;
-use crate::metrics::{BufferGauges, CloseReason, ClosedCounts};
 use crate::stream::{Peer, Stream, Transport};
 use crate::warning::{client_caused, suppressed_note, RateLimit};
 

@@ -35,10 +35,10 @@ use std::time::Instant;
 
 use crate::access::{AccessRules, AddressLimit};
 use crate::budget::Holder;
+use crate::counters::Traffic;
 use crate::handler::LineHandler;
 use crate::idle::{IdleLinks, Linked};
 use crate::line;
-use crate::metrics::Traffic;
 use crate::schedule::{READ_SHARE, WRITE_SHARE};
 use crate::stream::{Peer, Stream};
 

@@ -25,65 +25,22 @@ use std::time::Instant;
 use rustls::{ServerConfig, ServerConnection};
 
 use super::Fault;
+pub(crate) use crate::counters::TlsFailure as Failure;
 
-/// Why a TLS connection failed, as counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Failure {
-    /// Not TLS at all (plaintext, say), or records rustls could not make sense of.
-    Protocol,
-    /// No protocol version or cipher suite in common.
-    Incompatible,
-    /// With `--tls-client-ca`, the client presented no certificate.
-    NoClientCertificate,
-    /// With `--tls-client-ca`, the client's certificate failed verification.
-    BadClientCertificate,
-    /// The client refused the handshake with an alert (it did not trust our certificate,
-    /// say).
-    AlertReceived,
-    /// The handshake was not complete within `--tls-handshake-timeout`.
-    Timeout,
-    /// Anything else rustls reported.
-    Other,
-}
-
-impl Failure {
-    pub const ALL: [Failure; 7] = [
-        Failure::Protocol,
-        Failure::Incompatible,
-        Failure::NoClientCertificate,
-        Failure::BadClientCertificate,
-        Failure::AlertReceived,
-        Failure::Timeout,
-        Failure::Other,
-    ];
-
-    /// The `reason` label's value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Failure::Protocol => "protocol",
-            Failure::Incompatible => "incompatible",
-            Failure::NoClientCertificate => "no_client_certificate",
-            Failure::BadClientCertificate => "bad_client_certificate",
-            Failure::AlertReceived => "alert_received",
-            Failure::Timeout => "timeout",
-            Failure::Other => "other",
-        }
-    }
-
-    fn of(error: &rustls::Error) -> Failure {
-        use rustls::Error;
-        match error {
-            Error::InvalidMessage(_)
-            | Error::InappropriateMessage { .. }
-            | Error::InappropriateHandshakeMessage { .. }
-            | Error::DecryptError
-            | Error::PeerMisbehaved(_) => Failure::Protocol,
-            Error::PeerIncompatible(_) => Failure::Incompatible,
-            Error::NoCertificatesPresented => Failure::NoClientCertificate,
-            Error::InvalidCertificate(_) => Failure::BadClientCertificate,
-            Error::AlertReceived(_) => Failure::AlertReceived,
-            _ => Failure::Other,
-        }
+/// Why a TLS handshake failed: the reason rustls' error gives.
+fn failure_of(error: &rustls::Error) -> Failure {
+    use rustls::Error;
+    match error {
+        Error::InvalidMessage(_)
+        | Error::InappropriateMessage { .. }
+        | Error::InappropriateHandshakeMessage { .. }
+        | Error::DecryptError
+        | Error::PeerMisbehaved(_) => Failure::Protocol,
+        Error::PeerIncompatible(_) => Failure::Incompatible,
+        Error::NoCertificatesPresented => Failure::NoClientCertificate,
+        Error::InvalidCertificate(_) => Failure::BadClientCertificate,
+        Error::AlertReceived(_) => Failure::AlertReceived,
+        _ => Failure::Other,
     }
 }
 
@@ -292,7 +249,7 @@ impl TlsLayer {
 
 fn tls_fault(error: &rustls::Error, in_handshake: bool) -> Fault {
     Fault::Tls {
-        failure: Failure::of(error),
+        failure: failure_of(error),
         in_handshake,
         message: error.to_string(),
     }

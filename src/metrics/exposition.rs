@@ -10,7 +10,8 @@ use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::process::ProcessStats;
-use super::{CloseReason, Snapshot, TURN_BUCKETS};
+use super::Snapshot;
+use crate::counters::{CloseReason, TURN_BUCKETS};
 use crate::stream::Transport;
 
 /// Which text format a scraper gets.
@@ -207,7 +208,7 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
             "Datagram payload bytes echoed (with --udp).",
             &[(None, udp.bytes_sent as f64)],
         );
-        let dropped: Vec<_> = crate::udp::Drop::ALL
+        let dropped: Vec<_> = crate::counters::UdpDrop::ALL
             .iter()
             .map(|&reason| {
                 (
@@ -232,7 +233,7 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
             "TLS handshakes completed (with --tls-cert).",
             &[(None, traffic.tls_handshakes as f64)],
         );
-        let failures: Vec<_> = crate::connection::tls::Failure::ALL
+        let failures: Vec<_> = crate::counters::TlsFailure::ALL
             .iter()
             .map(|&failure| {
                 (

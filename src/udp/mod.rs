@@ -32,7 +32,7 @@ use mio::{Interest, Registry, Token};
 
 use crate::access::AccessRules;
 use crate::config::Config;
-use crate::metrics::UdpCounts;
+use crate::counters::{UdpCounts, UdpDrop as Drop};
 use crate::schedule::{SERVICE_COST, TURN_SHARE};
 use rates::Bucket;
 
@@ -46,50 +46,6 @@ pub(crate) const BATCH: usize = 32;
 const SLOT: usize = 65_536;
 /// Most sources whose rate is tracked at once; beyond, sources share one rate.
 pub(crate) const MAX_TRACKED_SOURCES: usize = 16_384;
-
-/// Why a datagram was not answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Drop {
-    /// From a well-known port (0 to 1023) or this server's own port.
-    LoopPort,
-    /// Its source is over `--udp-rate-per-source`.
-    RateLimit,
-    /// `--allow`/`--deny` refuse its source.
-    AccessDenied,
-    /// The socket's send buffer was full.
-    SendBufferFull,
-    /// Sending failed otherwise.
-    SendError,
-    /// The same bytes from the same sender, answered [`REPEATS`] times in a row already: a
-    /// loop.
-    Repeated,
-    /// The whole server is over `--udp-rate`.
-    ServerRate,
-}
-
-impl Drop {
-    pub const ALL: [Drop; 7] = [
-        Drop::LoopPort,
-        Drop::RateLimit,
-        Drop::AccessDenied,
-        Drop::SendBufferFull,
-        Drop::SendError,
-        Drop::Repeated,
-        Drop::ServerRate,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Drop::LoopPort => "loop_port",
-            Drop::RateLimit => "rate_limit",
-            Drop::AccessDenied => "access_denied",
-            Drop::SendBufferFull => "send_buffer_full",
-            Drop::SendError => "send_error",
-            Drop::Repeated => "repeated",
-            Drop::ServerRate => "server_rate",
-        }
-    }
-}
 
 /// What decides whether a datagram is answered: everything but the socket.
 struct Rules {
