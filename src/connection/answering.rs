@@ -1,0 +1,191 @@
+//! From bytes to answers: complete lines framed (`line.rs`) and handed to the handler, the
+//! answers written straight from the shared read buffer where the echo allows, and the
+//! unfinished tail kept, or answered at the end of stream.
+
+use super::*;
+
+impl Connection {
+    /// Answers what came up from below the telnet layer: decoded first when the connection
+    /// speaks telnet. Without layers, each answer goes straight to the socket; with them,
+    /// one read's answers and replies are gathered, and go out in one write, or, when
+    /// `sealed`, stay gathered for TLS to seal.
+    pub(super) fn answer_input(
+        &mut self,
+        arrived: &[u8],
+        turn: &mut Turn<'_>,
+        sealed: bool,
+    ) -> Result<(), Fault> {
+        let Some(mut layer) = self.telnet.take() else {
+            if !sealed {
+                return self.answer(arrived, turn, Delivery::Socket);
+            }
+            turn.gathered.clear();
+            return self.answer(arrived, turn, Delivery::Gathered);
+        };
+        turn.gathered.clear();
+        let decoded = layer.receive::<Fault>(arrived, &mut |up| {
+            match up {
+                Up::Data(data) => self.answer(data, turn, Delivery::Escaped)?,
+                Up::Reply(bytes) => turn.gathered.extend_from_slice(bytes),
+                Up::EraseLine => {
+                    self.partial = Vec::new();
+                    self.in_long_line = false;
+                }
+                Up::EraseCharacter => erase_character(&mut self.partial),
+            }
+            Ok(())
+        });
+        self.telnet = Some(layer);
+        turn.traffic.telnet_commands += decoded? as u64;
+        if !sealed && !turn.gathered.is_empty() {
+            turn.traffic.bytes_sent += self.output.send(&mut self.socket, turn.gathered)? as u64;
+        }
+        Ok(())
+    }
+
+    /// Frames `data` after the unfinished line and answers each run of complete lines.
+    pub(super) fn answer(
+        &mut self,
+        data: &[u8],
+        turn: &mut Turn<'_>,
+        delivery: Delivery,
+    ) -> Result<(), Fault> {
+        let long_lines_before = turn.traffic.long_lines;
+        let (socket, output) = (&mut self.socket, &mut self.output);
+        let (partial, in_long_line) = (&mut self.partial, &mut self.in_long_line);
+        // One framing loop per kind of delivery, each with its own sink: the plain echo's
+        // is as small as it was before any layer existed.
+        let result = match delivery {
+            Delivery::Socket => {
+                frame_answers(partial, in_long_line, data, turn, |answer, traffic, _| {
+                    traffic.bytes_sent += output.send(socket, answer)? as u64;
+                    Ok(())
+                })
+            }
+            Delivery::Escaped => {
+                frame_answers(partial, in_long_line, data, turn, |answer, _, gathered| {
+                    telnet::escape_into(answer, gathered);
+                    Ok(())
+                })
+            }
+            Delivery::Gathered => {
+                frame_answers(partial, in_long_line, data, turn, |answer, _, gathered| {
+                    gathered.extend_from_slice(answer);
+                    Ok(())
+                })
+            }
+        };
+        if turn.traffic.long_lines > long_lines_before && !self.long_line_logged {
+            self.long_line_logged = true;
+            log::debug!(
+                "{}: line longer than {} bytes, echoing it in pieces",
+                self.peer,
+                turn.max_line_bytes
+            );
+        }
+        result
+    }
+
+    /// Answers the unfinished last line when no more input will follow it.
+    // Once per connection at most: kept out of the read loop it ends.
+    #[cold]
+    pub(super) fn answer_tail(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
+        if self.partial.is_empty() {
+            return Ok(());
+        }
+        let (socket, output) = (&mut self.socket, &mut self.output);
+        if self.telnet.is_none() && self.tls.is_none() {
+            return line::finish(&mut self.partial, &mut |piece| {
+                let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+                turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
+                Ok(())
+            });
+        }
+        // With layers, the tail's answers go down in one piece, as a read's do.
+        let escapes_iac = self.telnet.is_some();
+        turn.gathered.clear();
+        line::finish(&mut self.partial, &mut |piece| {
+            let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+            if escapes_iac {
+                telnet::escape_into(answer, turn.gathered);
+            } else {
+                turn.gathered.extend_from_slice(answer);
+            }
+            Ok::<(), Fault>(())
+        })?;
+        match self.tls.as_mut() {
+            Some(tls) => {
+                tls.seal(turn.gathered)?;
+                send_records(tls, socket, output, turn)?;
+            }
+            None => turn.traffic.bytes_sent += output.send(socket, turn.gathered)? as u64,
+        }
+        Ok(())
+    }
+}
+
+/// Where a connection's answers go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// To the socket, each as it is made.
+    Socket,
+    /// Escaped as telnet data into the turn's gathered output.
+    Escaped,
+    /// Into the turn's gathered output as they are, for TLS to seal.
+    Gathered,
+}
+
+/// Frames `data` after the unfinished line `partial`, asks the handler for the answer to
+/// each run of complete lines and hands it to `deliver`, counting long lines as they start.
+pub(super) fn frame_answers(
+    partial: &mut Vec<u8>,
+    in_long_line: &mut bool,
+    data: &[u8],
+    turn: &mut Turn<'_>,
+    mut deliver: impl FnMut(&[u8], &mut Traffic, &mut Vec<u8>) -> Result<(), Fault>,
+) -> Result<(), Fault> {
+    line::frame(partial, data, turn.max_line_bytes, &mut |piece| {
+        // Runs of complete lines end in a newline; only a cut piece of a long line does
+        // not, and the first such piece of a line marks a new long line.
+        let cut = !piece.ends_with(b"\n");
+        if cut && !*in_long_line {
+            turn.traffic.long_lines += 1;
+        }
+        *in_long_line = cut;
+        let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+        deliver(answer, turn.traffic, turn.gathered)
+    })
+}
+
+/// Telnet's Erase Character: the last character of the unfinished line goes, all of its
+/// bytes when it is UTF-8.
+pub(super) fn erase_character(partial: &mut Vec<u8>) {
+    while let Some(byte) = partial.pop() {
+        // A UTF-8 continuation byte (10xxxxxx) is part of the character before it.
+        if byte & 0b1100_0000 != 0b1000_0000 {
+            break;
+        }
+    }
+    if partial.is_empty() {
+        *partial = Vec::new();
+    }
+}
+
+/// Asks the handler for its answer to `lines`; a panic in the handler becomes a fault of this
+/// connection alone.
+pub(super) fn respond<'a>(
+    handler: &mut dyn LineHandler,
+    lines: &'a [u8],
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8], Fault> {
+    scratch.clear();
+    catch_unwind(AssertUnwindSafe(move || {
+        // Moving the borrow in makes the closure FnOnce, so the answer outlives the call.
+        let scratch = scratch;
+        handler.respond(lines, scratch)
+    }))
+    .map_err(|payload| Fault::Panicked {
+        in_handler: true,
+        message: panic_message(payload.as_ref()),
+    })
+}
