@@ -14,8 +14,11 @@ use crate::stream::Transport;
 pub(crate) enum CloseReason {
     /// The client closed its side and everything it sent was answered.
     ClientClosed,
-    /// A reset or another socket error.
+    /// A socket error other than the client's reset.
     Error,
+    /// The client reset the connection (as load balancers' health checks and impatient
+    /// clients close): an ordinary end, not a failure.
+    ClientReset,
     /// No traffic for `--idle-timeout`.
     IdleTimeout,
     /// Accepted over `--max-connections` and closed at once.
@@ -45,9 +48,10 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 15] = [
+    pub const ALL: [CloseReason; 16] = [
         CloseReason::ClientClosed,
         CloseReason::Error,
+        CloseReason::ClientReset,
         CloseReason::IdleTimeout,
         CloseReason::ConnectionLimit,
         CloseReason::AddressLimit,
@@ -68,6 +72,7 @@ impl CloseReason {
         match self {
             CloseReason::ClientClosed => "client_closed",
             CloseReason::Error => "error",
+            CloseReason::ClientReset => "client_reset",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::ConnectionLimit => "connection_limit",
             CloseReason::AddressLimit => "address_limit",

@@ -570,3 +570,56 @@ fn curl_scrapes_what_promtool_accepts() {
         String::from_utf8_lossy(&checked.stderr)
     );
 }
+
+/// A client's reset is an ordinary end (HAProxy's health checks close that way): counted as
+/// `client_reset`, so that an alert on `error` is not set off by every check.
+#[test]
+fn a_client_reset_is_counted_as_its_own_reason_not_an_error() {
+    let server = with_metrics(Config::default());
+    let metrics = server.metrics.unwrap();
+    for n in 0..5 {
+        let mut client = server.connect();
+        assert_echo(&mut client, format!("check {n}\n").as_bytes());
+        common::reset(client);
+    }
+    let name = "kv_server_connections_closed_total{reason=\"client_reset\"}";
+    let deadline = Instant::now() + common::TIMEOUT;
+    while scrape(metrics)[name] < 5.0 {
+        assert!(Instant::now() < deadline, "resets not counted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let m = scrape(metrics);
+    assert_eq!(m[name], 5.0);
+    assert_eq!(
+        m["kv_server_connections_closed_total{reason=\"error\"}"],
+        0.0
+    );
+}
+
+/// The alerting rules docs/operating.md shows are rules promtool accepts.
+#[test]
+#[ignore = "needs promtool (apt-get install prometheus); cargo test -- --include-ignored"]
+fn the_documented_alerting_rules_are_valid() {
+    common::require_tool("promtool", "prometheus");
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operating.md")).unwrap();
+    let rules = page
+        .split("```yaml\n")
+        .map(|block| block.split("```").next().unwrap())
+        .find(|block| block.starts_with("groups:"))
+        .expect("the alerting rules in docs/operating.md");
+    let file = std::env::temp_dir().join(format!("kv_server_rules_{}.yml", std::process::id()));
+    std::fs::write(&file, rules).unwrap();
+    let checked = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}

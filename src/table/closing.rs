@@ -71,6 +71,7 @@ impl Ending {
             Ending::Fault(Fault::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
                 CloseReason::PeerTimeout
             }
+            Ending::Fault(Fault::Io(e)) if is_reset(e) => CloseReason::ClientReset,
             Ending::Fault(Fault::Io(_)) => CloseReason::Error,
             Ending::Fault(Fault::ProxyHeader(_)) => CloseReason::ProxyHeader,
             Ending::Fault(Fault::Tls {
@@ -130,6 +131,17 @@ pub(super) fn release_freed_memory() {
 }
 
 /// Errors that are just a client going away: not worth more than a debug line.
+/// Whether the client ended the connection with a reset (or what a reset turns a later
+/// write into).
+fn is_reset(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
 pub(super) fn is_ordinary_disconnect(error: &io::Error) -> bool {
     matches!(
         error.kind(),
