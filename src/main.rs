@@ -249,6 +249,37 @@ struct Cli {
           hide_possible_values = true,
           value_parser = log_levels())]
     log_level: Option<LevelFilter>,
+
+    /// Print a man page or completions: man, bash, zsh, fish
+    ///
+    /// From the same definitions as this help, so they never drift: man (roff, for
+    /// /usr/share/man/man1/kv_server.1), or completions for bash, zsh or fish. Then exit.
+    #[arg(long, value_name = "KIND", value_enum, hide_possible_values = true)]
+    generate: Option<Generated>,
+}
+
+/// What `--generate` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Generated {
+    Man,
+    Bash,
+    Zsh,
+    Fish,
+}
+
+/// Prints what `--generate` asked for on stdout.
+fn generate(what: Generated) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    let mut out = std::io::stdout().lock();
+    let shell = match what {
+        Generated::Man => return clap_mangen::Man::new(command).render(&mut out),
+        Generated::Bash => clap_complete::Shell::Bash,
+        Generated::Zsh => clap_complete::Shell::Zsh,
+        Generated::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(shell, &mut command, "kv_server", &mut out);
+    Ok(())
 }
 
 /// A CIDR block, or a bare address as a block of one.
@@ -371,6 +402,12 @@ fn main() -> ExitCode {
         }
         Err(e) => return fail(Failure::Usage(one_line(&e.render().to_string()))),
     };
+    if let Some(what) = cli.generate {
+        return match generate(what) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(Failure::Runtime(format!("cannot write to stdout: {e}"))),
+        };
+    }
     match serve(cli) {
         Ok(Stopped::Forced { signal }) => ExitCode::from(128u8.saturating_add(signal as u8)),
         Ok(_) => ExitCode::SUCCESS,

@@ -369,3 +369,77 @@ fn the_load_generator_reports_a_wrong_echo_as_errors() {
     );
     assert!(report.contains("mismatched lines 20"), "{report}");
 }
+
+/// `--generate` prints what `--generate man|bash|zsh|fish` asks for, on stdout.
+fn generated(kind: &str) -> String {
+    let output = binary().args(["--generate", kind]).output().unwrap();
+    assert!(output.status.success(), "--generate {kind}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The man page comes from the same definitions as `--help`: rendered by man, it shows
+/// every option `--help` lists.
+#[test]
+#[ignore = "needs man (apt-get install man-db); cargo test -- --include-ignored"]
+fn the_man_page_renders_every_option() {
+    common::require_tool("man", "man-db");
+    let page = std::env::temp_dir().join(format!("kv_server_{}.1", std::process::id()));
+    std::fs::write(&page, generated("man")).unwrap();
+    let rendered = std::process::Command::new("man")
+        .arg("-l")
+        .arg(&page)
+        .env("MANWIDTH", "100")
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&page);
+    assert!(rendered.status.success());
+    // In the C locale man writes ASCII hyphens, unbroken.
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    let help = String::from_utf8(binary().arg("--help").output().unwrap().stdout).unwrap();
+    let options: Vec<&str> = help
+        .split_whitespace()
+        .filter(|word| word.starts_with("--") && word.len() > 2)
+        .map(|word| word.trim_end_matches([',', '.', ';']))
+        .filter(|word| {
+            word.chars()
+                .skip(2)
+                .all(|c| c.is_ascii_lowercase() || c == '-')
+        })
+        .collect();
+    assert!(options.len() > 25, "{options:?}");
+    for option in options {
+        assert!(text.contains(option), "the man page lacks {option}");
+    }
+}
+
+/// bash completes `--tl` to the TLS options; zsh and fish get their scripts too.
+#[test]
+fn shell_completions_complete_the_options() {
+    let script = std::env::temp_dir().join(format!("kv_server_{}.bash", std::process::id()));
+    std::fs::write(&script, generated("bash")).unwrap();
+    let completed = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(
+            r#"source "$0"; COMP_LINE="kv_server --tl"; COMP_POINT=${#COMP_LINE};
+               COMP_WORDS=(kv_server --tl); COMP_CWORD=1;
+               _kv_server kv_server --tl kv_server; printf '%s\n' "${COMPREPLY[@]}""#,
+        )
+        .arg(&script)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&script);
+    let words = String::from_utf8(completed.stdout).unwrap();
+    let words: Vec<&str> = words.lines().collect();
+    assert_eq!(
+        words,
+        [
+            "--tls-cert",
+            "--tls-key",
+            "--tls-client-ca",
+            "--tls-handshake-timeout"
+        ]
+    );
+    assert!(generated("zsh").contains("--tls-client-ca"));
+    assert!(generated("fish").contains("tls-client-ca"));
+}
