@@ -15,6 +15,14 @@ use kv_server::{Echo, Server, ServiceManager, Stopped};
 use log::LevelFilter;
 use simple_logger::SimpleLogger;
 
+/// The version and the commit it was built from (`build.rs`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("KV_SERVER_COMMIT"),
+    ")"
+);
+
 /// A line echo server: every line a client sends comes back byte-exact.
 ///
 /// A port of the Elixir guide's KVServer ("Task and gen_tcp") to a single-threaded mio
@@ -31,7 +39,7 @@ use simple_logger::SimpleLogger;
 /// when a second signal cuts the drain short. Every error is one line on stderr,
 /// "kv_server: error: ...", naming the option or variable and the value.
 #[derive(Debug, Parser)]
-#[command(name = "kv_server", version, about, long_about, max_term_width = 100)]
+#[command(name = "kv_server", version = VERSION, about, long_about, max_term_width = 100)]
 struct Cli {
     /// Port to listen on [default: PORT, else 4040]
     ///
