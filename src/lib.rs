@@ -41,6 +41,9 @@ pub mod fuzzing;
 mod handler;
 /// The idle list: --idle-timeout and idle eviction.
 mod idle;
+/// Log lines as journald reads them, under systemd.
+#[doc(hidden)]
+pub mod journal;
 /// Line framing: pure functions over bytes.
 pub mod line;
 /// The snapshot a scrape sees, its text formats and the scrape endpoint.

@@ -566,18 +566,25 @@ fn return_large_buffers_at_once() {
 }
 
 fn init_logging(flag: Option<LevelFilter>) -> Result<(), String> {
-    let logger = SimpleLogger::new()
-        .with_level(LevelFilter::Info)
-        .with_utc_timestamps();
-    let logger = match flag {
-        Some(level) => logger.with_level(level),
-        None => logger.env(),
-    };
+    // The flag, else RUST_LOG (set to something), else info.
+    let level = flag.unwrap_or_else(|| {
+        std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(LevelFilter::Info)
+    });
     // What other crates log (rustls' warnings about a client's handshake) goes through
     // the same limit as the lines clients cause here.
-    log::set_max_level(logger.max_level());
-    log::set_boxed_logger(Box::new(kv_server::LimitedLog::new(logger)))
-        .map_err(|e| format!("cannot start logging: {e}"))
+    let logger: Box<dyn log::Log> = if kv_server::journal::stderr_is_journal() {
+        Box::new(kv_server::LimitedLog::new(
+            kv_server::journal::JournalLog::new(level),
+        ))
+    } else {
+        let logger = SimpleLogger::new().with_level(level).with_utc_timestamps();
+        Box::new(kv_server::LimitedLog::new(logger))
+    };
+    log::set_max_level(level);
+    log::set_boxed_logger(logger).map_err(|e| format!("cannot start logging: {e}"))
 }
 
 #[cfg(test)]

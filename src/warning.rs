@@ -85,6 +85,25 @@ impl<L: log::Log> LimitedLog<L> {
     }
 }
 
+/// One of this crate's records, its target cut to the room that wrote it
+/// (`kv_server::server`, not `kv_server::server::turn`): the names the logs have always
+/// shown, whichever file of a room a line comes from.
+fn in_its_room<'a>(record: &'a log::Record<'a>) -> log::Record<'a> {
+    let target = record.target();
+    let room = match target.match_indices("::").nth(1) {
+        Some((at, _)) => &target[..at],
+        None => target,
+    };
+    log::Record::builder()
+        .args(*record.args())
+        .level(record.level())
+        .target(room)
+        .module_path(record.module_path())
+        .file(record.file())
+        .line(record.line())
+        .build()
+}
+
 impl<L: log::Log> log::Log for LimitedLog<L> {
     fn enabled(&self, metadata: &log::Metadata) -> bool {
         self.inner.enabled(metadata)
@@ -92,7 +111,10 @@ impl<L: log::Log> log::Log for LimitedLog<L> {
 
     fn log(&self, record: &log::Record) {
         let ours = record.target().starts_with(env!("CARGO_CRATE_NAME"));
-        if ours || record.level() > log::Level::Info || !self.enabled(record.metadata()) {
+        if ours {
+            return self.inner.log(&in_its_room(record));
+        }
+        if record.level() > log::Level::Info || !self.enabled(record.metadata()) {
             return self.inner.log(record);
         }
         let crate_name = record.target().split("::").next().unwrap_or_default();
@@ -172,5 +194,17 @@ mod tests {
         assert_eq!(count("rustls::common_state"), 0);
         assert_eq!(count("rustls::server"), 50);
         assert_eq!(count("kv_server"), 50);
+    }
+
+    #[test]
+    fn our_lines_name_the_room_that_wrote_them() {
+        let limited = LimitedLog::new(Kept::default());
+        record("kv_server::server::turn", log::Level::Info, &limited);
+        record("kv_server::table", log::Level::Warn, &limited);
+        let kept = limited.inner.0.lock().unwrap();
+        assert_eq!(
+            *kept,
+            ["kv_server::server a line", "kv_server::table a line"]
+        );
     }
 }

@@ -443,3 +443,58 @@ fn shell_completions_complete_the_options() {
     assert!(generated("zsh").contains("--tls-client-ca"));
     assert!(generated("fish").contains("tls-client-ca"));
 }
+
+/// Under systemd, stderr is the journal stream JOURNAL_STREAM names: lines go out without
+/// a timestamp (journald adds its own) and with their syslog priority, `<6>` for info,
+/// `<4>` for a warning. A JOURNAL_STREAM that names another file changes nothing.
+#[test]
+fn logs_speak_journald_when_stderr_is_the_journal() {
+    use std::io::BufRead;
+    use std::os::unix::fs::MetadataExt;
+    let first_lines = |journal_stream: &dyn Fn(&std::fs::Metadata) -> String| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let pipe = std::fs::File::from(std::os::fd::OwnedFd::from(reader.try_clone().unwrap()));
+        let named = journal_stream(&pipe.metadata().unwrap());
+        let mut child = binary()
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--max-connections",
+                "2",
+            ])
+            .args(["--max-connections-per-ip", "1", "--evict-idle-after", "0"])
+            .env("JOURNAL_STREAM", named)
+            .stderr(writer)
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(reader).lines();
+        let accepting = lines.next().unwrap().unwrap();
+        let port: u16 = accepting.rsplit(' ').next().unwrap().parse().unwrap();
+        // Two from one address: the second is over the per-address limit, a warning.
+        let held = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _over = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let warning = lines.next().unwrap().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        drop(held);
+        (accepting, warning)
+    };
+    let (info, warning) = first_lines(&|pipe| format!("{}:{}", pipe.dev(), pipe.ino()));
+    assert!(
+        info.starts_with("<6>[kv_server::server] Accepting connections on port "),
+        "{info}"
+    );
+    assert!(
+        warning.starts_with("<4>[kv_server::accept")
+            && warning.contains("--max-connections-per-ip"),
+        "{warning}"
+    );
+    // Another file's device and inode: the usual format, timestamp first.
+    let (info, _) = first_lines(&|pipe| format!("{}:{}", pipe.dev(), pipe.ino() + 1));
+    assert!(
+        info.starts_with("20") && info.contains(" INFO  [kv_server::server] Accepting"),
+        "{info}"
+    );
+}
