@@ -152,15 +152,33 @@ fn free_port() -> SocketAddr {
         .unwrap()
 }
 
-/// An instance behind HAProxy; `proxy`: it believes the PROXY headers of HAProxy's
-/// connections, which come from 127.0.0.1 (`--proxy-from`, as deploy/ recommends).
+/// The options of deploy/kv_server@.service's `ExecStart`, as written, for the instance on
+/// `port` (`%i`).
+fn unit_options(port: u16) -> Vec<String> {
+    let unit = std::fs::read_to_string("deploy/kv_server@.service").unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .expect("the unit's ExecStart");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/kv_server"));
+    words
+        .map(|word| word.replace("%i", &port.to_string()))
+        .collect()
+}
+
+/// An instance behind HAProxy; `proxy`: started as deploy/kv_server@.service starts it
+/// (which believes the PROXY headers of HAProxy's connections, from 127.0.0.1), else
+/// plain. Logging at debug, to see each client's address.
 fn instance(port: u16, proxy: bool) -> ServerProcess {
-    let port = port.to_string();
-    let mut args = vec!["--port", port.as_str(), "--log-level", "debug"];
-    if proxy {
-        args.extend(["--proxy-from", "127.0.0.1"]);
-    }
-    ServerProcess::start(&args)
+    let mut options = if proxy {
+        unit_options(port)
+    } else {
+        vec!["--port".to_owned(), port.to_string()]
+    };
+    options.extend(["--log-level".to_owned(), "debug".to_owned()]);
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    ServerProcess::start(&options)
 }
 
 /// The client addresses an instance's log names as connected through the balancer, until
