@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The scratch image as it would run, where no container runtime does: the binary is
+# static; the image holds nothing else, runs as 65534:65534, exposes 4040 TCP and UDP, is
+# labelled, and is at most 4 MB; mounted, its entrypoint runs as its user in its own root,
+# echoes a line and stops on SIGTERM. Needs root and buildah (apt-get install buildah).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+b() { buildah --storage-driver vfs "$@"; }
+fail() { echo "image_checks: $*" >&2; exit 1; }
+
+tag=$(bash deploy/image.sh kv_server:checks)
+binary=target/x86_64-unknown-linux-gnu/dist/kv_server
+ldd "$binary" 2>&1 | grep -Eq "statically linked|not a dynamic executable" || fail "the binary is dynamic: $(ldd "$binary")"
+
+inspect() { b inspect --type image --format "$1" "$tag"; }
+[[ $(inspect '{{.OCIv1.Config.User}}') == "65534:65534" ]] || fail "user: $(inspect '{{.OCIv1.Config.User}}')"
+ports=$(inspect '{{range $p, $_ := .OCIv1.Config.ExposedPorts}}{{$p}} {{end}}')
+[[ $ports == *"4040/tcp"* && $ports == *"4040/udp"* ]] || fail "exposed: $ports"
+for label in source version licenses; do
+    value=$(inspect "{{index .OCIv1.Config.Labels \"org.opencontainers.image.$label\"}}")
+    [[ -n $value ]] || fail "no $label label"
+done
+size=$(b images --format '{{.Size}}' "$tag")
+bytes=$(stat -c %s "$binary")
+(( bytes <= 4000000 )) || fail "the binary alone is $bytes bytes, over 4 MB"
+echo "image $tag: $size, binary $bytes bytes, user 65534:65534, exposes $ports"
+
+container=$(b from "$tag")
+root=$(b mount "$container")
+cleanup() { kill "$server" 2>/dev/null || true; b umount "$container" >/dev/null; b rm "$container" >/dev/null; b rmi "$tag" >/dev/null; rm -f "$log"; }
+log=$(mktemp)
+[[ $(ls -A "$root") == "kv_server" ]] || fail "the image holds more than the binary: $(ls -A "$root")"
+chroot --userspec=65534:65534 "$root" /kv_server --bind 127.0.0.1 --port 0 --udp 2>"$log" &
+server=$!
+trap cleanup EXIT
+port=""
+for _ in $(seq 100); do
+    port=$(sed -n 's/.*Accepting connections on port \([0-9]*\).*/\1/p' "$log")
+    [[ -n $port ]] && break
+    sleep 0.1
+done
+[[ -n $port ]] || fail "not listening: $(cat "$log")"
+exec 3<>"/dev/tcp/127.0.0.1/$port"
+printf 'from the image\n' >&3
+read -r -t 10 echoed <&3 || fail "no echo"
+[[ $echoed == "from the image" ]] || fail "echoed: $echoed"
+exec 3>&-
+kill -TERM "$server"
+wait "$server" || fail "exit status $? after SIGTERM: $(cat "$log")"
+grep -q "shut down" "$log" || fail "no shutdown line: $(cat "$log")"
+echo "image_checks: ok (ran as 65534:65534 in the image's root, echoed, stopped on SIGTERM)"
