@@ -5,6 +5,8 @@
 # echoes a line and stops on SIGTERM. Needs root and buildah (apt-get install buildah).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tests/checks.sh
+source tests/checks.sh
 b() { buildah --storage-driver vfs "$@"; }
 fail() { echo "image_checks: $*" >&2; exit 1; }
 
@@ -27,25 +29,10 @@ echo "image $tag: $size, binary $bytes bytes, user 65534:65534, exposes $ports"
 
 container=$(b from "$tag")
 root=$(b mount "$container")
-cleanup() { kill "$server" 2>/dev/null || true; b umount "$container" >/dev/null; b rm "$container" >/dev/null; b rmi "$tag" >/dev/null; rm -f "$log"; }
-log=$(mktemp)
-[[ $(ls -A "$root") == "kv_server" ]] || fail "the image holds more than the binary: $(ls -A "$root")"
-chroot --userspec=65534:65534 "$root" /kv_server --bind 127.0.0.1 --port 0 --udp 2>"$log" &
-server=$!
+cleanup() { b umount "$container" >/dev/null; b rm "$container" >/dev/null; b rmi "$tag" >/dev/null; }
 trap cleanup EXIT
-port=""
-for _ in $(seq 100); do
-    port=$(sed -n 's/.*Accepting connections on port \([0-9]*\).*/\1/p' "$log")
-    [[ -n $port ]] && break
-    sleep 0.1
-done
-[[ -n $port ]] || fail "not listening: $(cat "$log")"
-exec 3<>"/dev/tcp/127.0.0.1/$port"
-printf 'from the image\n' >&3
-read -r -t 10 echoed <&3 || fail "no echo"
-[[ $echoed == "from the image" ]] || fail "echoed: $echoed"
-exec 3>&-
-kill -TERM "$server"
-wait "$server" || fail "exit status $? after SIGTERM: $(cat "$log")"
-grep -q "shut down" "$log" || fail "no shutdown line: $(cat "$log")"
+[[ $(ls -A "$root") == "kv_server" ]] || fail "the image holds more than the binary: $(ls -A "$root")"
+serves_one_line "from the image" \
+    chroot --userspec=65534:65534 "$root" /kv_server --bind 127.0.0.1 --port 0 --udp \
+    || fail "the image's entrypoint, as its user in its root"
 echo "image_checks: ok (ran as 65534:65534 in the image's root, echoed, stopped on SIGTERM)"

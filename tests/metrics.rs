@@ -601,13 +601,7 @@ fn a_client_reset_is_counted_as_its_own_reason_not_an_error() {
 #[ignore = "needs promtool (apt-get install prometheus); cargo test -- --include-ignored"]
 fn the_documented_alerting_rules_are_valid() {
     common::require_tool("promtool", "prometheus");
-    let page =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operating.md")).unwrap();
-    let rules = page
-        .split("```yaml\n")
-        .map(|block| block.split("```").next().unwrap())
-        .find(|block| block.starts_with("groups:"))
-        .expect("the alerting rules in docs/operating.md");
+    let rules = common::doc_block("docs/operating.md", "yaml", "groups:");
     let file = std::env::temp_dir().join(format!("kv_server_rules_{}.yml", std::process::id()));
     std::fs::write(&file, rules).unwrap();
     let checked = Command::new("promtool")

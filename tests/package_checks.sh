@@ -6,6 +6,8 @@
 # (cargo install cargo-deb), lintian and man-db.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tests/checks.sh
+source tests/checks.sh
 fail() { echo "package_checks: $*" >&2; exit 1; }
 
 deb=$(bash deploy/package.sh)
@@ -35,23 +37,8 @@ state=$(systemctl is-enabled kv-server.socket 2>/dev/null || true)
 man -l /usr/share/man/man1/kv_server.1.gz | grep -q -- "--tls-client-ca" || fail "man page"
 
 # The installed binary serves.
-log=$(mktemp)
-/usr/bin/kv_server --bind 127.0.0.1 --port 0 2>"$log" &
-server=$!
-port=""
-for _ in $(seq 100); do
-    port=$(sed -n 's/.*Accepting connections on port \([0-9]*\).*/\1/p' "$log")
-    [[ -n $port ]] && break
-    sleep 0.1
-done
-[[ -n $port ]] || fail "the installed binary is not listening: $(cat "$log")"
-exec 3<>"/dev/tcp/127.0.0.1/$port"
-printf 'installed\n' >&3
-read -r -t 10 echoed <&3 && [[ $echoed == installed ]] || fail "no echo"
-exec 3>&-
-kill -TERM "$server"
-wait "$server" || fail "exit status after SIGTERM"
-rm -f "$log"
+serves_one_line "installed" /usr/bin/kv_server --bind 127.0.0.1 --port 0 \
+    || fail "the installed binary"
 
 # An operator's edit survives a reinstall over itself.
 echo 'KV_SERVER_OPTS="--max-connections 7"' >>/etc/default/kv-server

@@ -328,16 +328,10 @@ fn openssl_s_client_with_a_client_certificate_is_served_and_without_one_refused(
 #[ignore = "needs openssl (apt-get install openssl); cargo test -- --include-ignored"]
 fn the_readme_certificate_commands_make_certificates_the_server_takes() {
     common::require_tool("openssl", "openssl");
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let commands = readme
-        .split("```sh\n")
-        .map(|block| block.split("```").next().unwrap())
-        .find(|block| block.contains("openssl req -x509"))
-        .expect("the README's block of openssl commands");
+    let commands = common::doc_block("README.md", "sh", "openssl req -x509");
     let files = Files::new("readme");
     let made = Command::new("sh")
-        .args(["-eu", "-c", commands])
+        .args(["-eu", "-c", &commands])
         .current_dir(&files.dir)
         .output()
         .unwrap();

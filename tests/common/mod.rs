@@ -464,6 +464,19 @@ pub fn require_tool(name: &str, package: &str) {
     assert!(found, "{name} is missing: apt-get install {package}");
 }
 
+/// The first code block of `language` in the project's document `page` (a path from the
+/// project's root) that contains `marker`: what the documentation shows, to run as written.
+pub fn doc_block(page: &str, language: &str, marker: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(page);
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.split(&format!("```{language}\n"))
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap())
+        .find(|block| block.contains(marker))
+        .unwrap_or_else(|| panic!("no {language} block with {marker:?} in {page}"))
+        .to_owned()
+}
+
 pub fn raise_fd_limit() {
     kv_server::config::raise_open_file_limit().expect("raise the open-file limit");
 }
