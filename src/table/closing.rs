@@ -143,12 +143,9 @@ fn is_reset(error: &io::Error) -> bool {
 }
 
 pub(super) fn is_ordinary_disconnect(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::TimedOut
-            | io::ErrorKind::NotConnected
-    )
+    is_reset(error)
+        || matches!(
+            error.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::NotConnected
+        )
 }

@@ -29,16 +29,14 @@ const DROP_COUNTERS: [&str; 8] = [
 /// machine runs at once (other tests' connections, another build's).
 const CROWD_SHARE_OF_PRESSURE: u64 = 4;
 
-fn page_size() -> u64 {
-    // The kernel counts tcp_mem in pages; 4 KiB on every machine these tests run on.
-    4096
-}
+/// The kernel counts tcp_mem in pages: 4 KiB on every machine these tests run on.
+const PAGE_BYTES: u64 = 4096;
 
 /// The TCP memory pressure mark in bytes (the middle figure of `net.ipv4.tcp_mem`).
 pub fn tcp_pressure_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem").ok()?;
     let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * page_size())
+    Some(pages * PAGE_BYTES)
 }
 
 /// Bytes the machine's TCP sockets hold now (`/proc/net/sockstat`, `TCP: ... mem N`).
@@ -48,7 +46,7 @@ pub fn tcp_memory_bytes() -> Option<u64> {
     let mut words = line.split_whitespace();
     words.find(|&word| word == "mem")?;
     let pages: u64 = words.next()?.parse().ok()?;
-    Some(pages * page_size())
+    Some(pages * PAGE_BYTES)
 }
 
 /// The smallest socket buffer the kernel takes (`SOCK_MIN_SNDBUF`, rounded up).
