@@ -41,6 +41,8 @@ pub const DEFAULT_UDP_RATE_PER_SOURCE: u32 = 1000;
 /// about a fifth of a core's sending here (2 us per datagram), so that no mix of forged
 /// sources can make the echo spend a core.
 pub const DEFAULT_UDP_RATE: u32 = 100_000;
+/// With `--kv`: the bytes the buckets may hold, names, keys, values and bookkeeping counted.
+pub const DEFAULT_KV_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// How long the least recently active connection must have been idle before a new client,
 /// arriving when the connection limit is reached, takes its place.
 pub const DEFAULT_EVICT_IDLE_AFTER: Duration = Duration::from_secs(60);
@@ -122,6 +124,12 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// How long a metrics scraper may take to send a request or to take its answer.
     pub metrics_timeout: Duration,
+    /// Every line is a command of the guide's key-value store (CREATE, PUT, GET, DELETE,
+    /// SUBSCRIBE) instead of being echoed; the handler the server was given is not used.
+    pub kv: bool,
+    /// With `kv`: the bytes the buckets may hold (names, keys, values, and a fixed amount
+    /// for each bucket, entry and subscription); a change past it is refused with `ERROR`.
+    pub kv_max_bytes: usize,
 }
 
 impl Default for Config {
@@ -155,6 +163,8 @@ impl Default for Config {
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             metrics: None,
             metrics_timeout: DEFAULT_METRICS_TIMEOUT,
+            kv: false,
+            kv_max_bytes: DEFAULT_KV_MAX_BYTES,
         }
     }
 }
@@ -204,6 +214,13 @@ impl Config {
         {
             return Err(ConfigError(
                 "--tcp-keepalive must be at least 1 second (or 0 for none)".into(),
+            ));
+        }
+        if self.kv && self.udp {
+            return Err(ConfigError(
+                "--kv answers commands on connections and --udp echoes datagrams: they \
+                 cannot be combined"
+                    .into(),
             ));
         }
         if self.output_low_water >= self.output_high_water {

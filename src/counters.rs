@@ -45,10 +45,13 @@ pub(crate) enum CloseReason {
     Drained,
     /// Still open when `--shutdown-timeout` ran out.
     ShutdownTimeout,
+    /// With `--kv`: a subscriber whose unsent pushes passed `--output-high-water` (it does
+    /// not read them).
+    SubscriberBehind,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 16] = [
+    pub const ALL: [CloseReason; 17] = [
         CloseReason::ClientClosed,
         CloseReason::Error,
         CloseReason::ClientReset,
@@ -65,6 +68,7 @@ impl CloseReason {
         CloseReason::ServerPanic,
         CloseReason::Drained,
         CloseReason::ShutdownTimeout,
+        CloseReason::SubscriberBehind,
     ];
 
     /// The `reason` label's value.
@@ -86,6 +90,7 @@ impl CloseReason {
             CloseReason::ServerPanic => "server_panic",
             CloseReason::Drained => "shutdown_drained",
             CloseReason::ShutdownTimeout => "shutdown_timeout",
+            CloseReason::SubscriberBehind => "subscriber_behind",
         }
     }
 }
@@ -292,4 +297,95 @@ impl TlsFailure {
             TlsFailure::Other => "other",
         }
     }
+}
+
+/// A kind of command, as `--kv` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KvCommand {
+    Create,
+    Put,
+    Get,
+    Delete,
+    Subscribe,
+    /// Not one of the five, a wrong number of words, or an empty line.
+    Unknown,
+    /// A line longer than `--max-line-bytes`, refused unread.
+    TooLong,
+}
+
+impl KvCommand {
+    pub const ALL: [KvCommand; 7] = [
+        KvCommand::Create,
+        KvCommand::Put,
+        KvCommand::Get,
+        KvCommand::Delete,
+        KvCommand::Subscribe,
+        KvCommand::Unknown,
+        KvCommand::TooLong,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            KvCommand::Create => "create",
+            KvCommand::Put => "put",
+            KvCommand::Get => "get",
+            KvCommand::Delete => "delete",
+            KvCommand::Subscribe => "subscribe",
+            KvCommand::Unknown => "unknown",
+            KvCommand::TooLong => "too_long",
+        }
+    }
+}
+
+/// How a command ended, as `--kv` counts it: its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KvOutcome {
+    /// Done (`OK`, a GET's value, or a SUBSCRIBE's silence).
+    Ok,
+    /// The bucket does not exist (`NOT FOUND`).
+    NotFound,
+    /// Refused: over `--kv-max-bytes`, or a line over `--max-line-bytes` (`ERROR`).
+    Error,
+    /// `UNKNOWN COMMAND`.
+    UnknownCommand,
+}
+
+impl KvOutcome {
+    pub const ALL: [KvOutcome; 4] = [
+        KvOutcome::Ok,
+        KvOutcome::NotFound,
+        KvOutcome::Error,
+        KvOutcome::UnknownCommand,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            KvOutcome::Ok => "ok",
+            KvOutcome::NotFound => "not_found",
+            KvOutcome::Error => "error",
+            KvOutcome::UnknownCommand => "unknown_command",
+        }
+    }
+}
+
+/// What the store (`--kv`) has done and holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct KvCounts {
+    /// Commands by [`KvCommand`] and [`KvOutcome`].
+    pub commands: [[u64; KvOutcome::ALL.len()]; KvCommand::ALL.len()],
+    /// Pushes written to subscribers (or queued behind their unsent output).
+    pub pushes_sent: u64,
+    /// Pushes not delivered: the subscriber had fallen behind (and was closed) or was
+    /// closing.
+    pub pushes_dropped: u64,
+    pub buckets: u64,
+    pub keys: u64,
+    /// Bytes counted against `--kv-max-bytes`, and that budget.
+    pub bytes: u64,
+    pub max_bytes: u64,
+    /// Subscriptions listed (those of connections gone, until compacted, included).
+    pub subscriptions: u64,
+    /// Deliveries owed by the fan-out queue, and the bytes it holds.
+    pub pushes_owed: u64,
+    pub pushes_held_bytes: u64,
 }

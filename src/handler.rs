@@ -23,6 +23,15 @@
 pub trait LineHandler: Send {
     /// Answers `lines`; see the trait documentation for what `lines` holds.
     fn respond<'a>(&mut self, lines: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8];
+
+    /// Answers `lines` when they begin with the rest of a line longer than the line limit,
+    /// whose first piece went to [`LineHandler::respond`]: up to its first `\n`, or the whole
+    /// of `lines` if it has none, they continue that line. A handler that answers a line as
+    /// a whole (a command) knows from this that those bytes are not a line of their own;
+    /// by default they are answered as any others.
+    fn respond_continued<'a>(&mut self, lines: &'a [u8], scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        self.respond(lines, scratch)
+    }
 }
 
 /// The guide's `KVServer` handler: every line comes back exactly as it was sent.

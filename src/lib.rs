@@ -44,6 +44,8 @@ mod idle;
 /// Log lines as journald reads them, under systemd.
 #[doc(hidden)]
 pub mod journal;
+/// The guide's key-value store of --kv: grammar, buckets, fan-out to subscribers.
+mod kv;
 /// Line framing: pure functions over bytes.
 pub mod line;
 /// The snapshot a scrape sees, its text formats and the scrape endpoint.

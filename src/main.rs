@@ -26,7 +26,7 @@ const VERSION: &str = concat!(
 /// A line echo server: every line a client sends comes back byte-exact.
 ///
 /// A port of the Elixir guide's KVServer ("Task and gen_tcp") to a single-threaded mio
-/// event loop. SIGINT or SIGTERM shuts it down gracefully; a second one stops it at once.
+/// event loop; with --kv, the key-value store of the guide's next chapters. SIGINT or SIGTERM shuts it down gracefully; a second one stops it at once.
 /// With --tls-cert, SIGHUP reloads the TLS files.
 ///
 /// Under a service manager it serves the socket passed with LISTEN_FDS (socket activation;
@@ -187,6 +187,26 @@ struct Cli {
     /// lines at column 0, UTF-8, Ctrl-C, Are You There.
     #[arg(long, help_heading = "Protocols")]
     telnet: bool,
+
+    /// Be the guide's key-value store
+    ///
+    /// Every line is a command of the Elixir guide's KV server instead of being echoed:
+    /// CREATE bucket, PUT bucket key value, GET bucket key, DELETE bucket key, SUBSCRIBE
+    /// bucket (docs/protocols.md). On every transport: TCP, TLS, --unix, --telnet, behind
+    /// a PROXY header. Buckets live in this process alone: a restart loses them, as in the
+    /// guide, and with --reuse-port or several instances a client may not find a bucket
+    /// it created elsewhere. A line over --max-line-bytes is refused with ERROR.
+    #[arg(long, help_heading = "Protocols", conflicts_with = "udp")]
+    kv: bool,
+
+    /// Bytes the buckets may hold
+    ///
+    /// With --kv: names, keys and values, and a fixed amount for each bucket (160 bytes),
+    /// key (64) and subscription (48), close to what they cost in memory. A CREATE, PUT or
+    /// SUBSCRIBE that would pass it is refused with ERROR and changes nothing.
+    #[arg(long, help_heading = "Protocols", value_name = "BYTES", default_value_t = config::DEFAULT_KV_MAX_BYTES,
+          value_parser = parse_positive, allow_negative_numbers = true, requires = "kv")]
+    kv_max_bytes: usize,
 
     /// Also echo datagrams (UDP)
     ///
@@ -469,6 +489,8 @@ fn serve(cli: Cli) -> Result<Stopped, Failure> {
         proxy_protocol: cli.proxy_protocol,
         proxy_from: cli.proxy_from,
         telnet: cli.telnet,
+        kv: cli.kv,
+        kv_max_bytes: cli.kv_max_bytes,
         tls: cli.tls_cert.zip(cli.tls_key).map(|(cert, key)| TlsFiles {
             cert,
             key,

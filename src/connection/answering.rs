@@ -94,9 +94,10 @@ impl Connection {
             return Ok(());
         }
         let (socket, output) = (&mut self.socket, &mut self.output);
+        let continued = self.in_long_line;
         if self.telnet.is_none() && self.tls.is_none() {
             return line::finish(&mut self.partial, &mut |piece| {
-                let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+                let answer = respond(&mut *turn.handler, piece, turn.scratch, continued)?;
                 turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
                 Ok(())
             });
@@ -105,7 +106,7 @@ impl Connection {
         let escapes_iac = self.telnet.is_some();
         turn.gathered.clear();
         line::finish(&mut self.partial, &mut |piece| {
-            let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+            let answer = respond(&mut *turn.handler, piece, turn.scratch, continued)?;
             if escapes_iac {
                 telnet::escape_into(answer, turn.gathered);
             } else {
@@ -121,6 +122,39 @@ impl Connection {
             None => turn.traffic.bytes_sent += output.send(socket, turn.gathered)? as u64,
         }
         Ok(())
+    }
+}
+
+impl Connection {
+    /// Sends `message`, a push this connection is owed as a subscriber (`--kv`), down
+    /// through its layers as its answers go, behind any output still queued. Nothing is
+    /// sent once the server has half-closed it. Returns whether it was sent.
+    pub fn push(&mut self, message: &[u8], turn: &mut Turn<'_>) -> Result<bool, Fault> {
+        if self.write_shut {
+            return Ok(false);
+        }
+        // Escaped in the turn's scratch buffer, lent out while the turn is in use.
+        let escaped = self.telnet.is_some().then(|| {
+            let mut escaped = std::mem::take(turn.scratch);
+            escaped.clear();
+            telnet::escape_into(message, &mut escaped);
+            escaped
+        });
+        let bytes = escaped.as_deref().unwrap_or(message);
+        let (socket, output) = (&mut self.socket, &mut self.output);
+        let sent = match self.tls.as_mut() {
+            Some(tls) => tls
+                .seal(bytes)
+                .and_then(|()| send_records(tls, socket, output, turn)),
+            None => output
+                .send(socket, bytes)
+                .map(|sent| turn.traffic.bytes_sent += sent as u64),
+        };
+        if let Some(escaped) = escaped {
+            *turn.scratch = escaped;
+        }
+        sent?;
+        Ok(true)
     }
 }
 
@@ -148,11 +182,12 @@ pub(super) fn frame_answers(
         // Runs of complete lines end in a newline; only a cut piece of a long line does
         // not, and the first such piece of a line marks a new long line.
         let cut = !piece.ends_with(b"\n");
-        if cut && !*in_long_line {
+        let continued = *in_long_line;
+        if cut && !continued {
             turn.traffic.long_lines += 1;
         }
         *in_long_line = cut;
-        let answer = respond(&mut *turn.handler, piece, turn.scratch)?;
+        let answer = respond(&mut *turn.handler, piece, turn.scratch, continued)?;
         deliver(answer, turn.traffic, turn.gathered)
     })
 }
@@ -177,12 +212,17 @@ pub(super) fn respond<'a>(
     handler: &mut dyn LineHandler,
     lines: &'a [u8],
     scratch: &'a mut Vec<u8>,
+    continued: bool,
 ) -> Result<&'a [u8], Fault> {
     scratch.clear();
     catch_unwind(AssertUnwindSafe(move || {
         // Moving the borrow in makes the closure FnOnce, so the answer outlives the call.
         let scratch = scratch;
-        handler.respond(lines, scratch)
+        if continued {
+            handler.respond_continued(lines, scratch)
+        } else {
+            handler.respond(lines, scratch)
+        }
     }))
     .map_err(|payload| Fault::Panicked {
         in_handler: true,

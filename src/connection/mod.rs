@@ -198,6 +198,9 @@ pub(crate) struct Connection {
     /// The last flush stopped at its share with output left and the socket perhaps able
     /// to take it: no writable edge will come, so the reactor must come back.
     flush_cut: bool,
+    /// Tells this connection from earlier ones under the same key: what a subscription
+    /// names (with `--kv`).
+    serial: u64,
     idle: IdleLinks,
 }
 
@@ -211,7 +214,7 @@ impl Linked for Connection {
 }
 
 impl Connection {
-    pub fn new(socket: Stream, peer: Peer, now: Instant) -> Self {
+    pub fn new(socket: Stream, peer: Peer, serial: u64, now: Instant) -> Self {
         Connection {
             socket,
             peer,
@@ -232,12 +235,18 @@ impl Connection {
             telnet: None,
             first_bytes_seen: false,
             flush_cut: false,
+            serial,
             idle: IdleLinks::new(now),
         }
     }
 
     pub fn peer(&self) -> &Peer {
         &self.peer
+    }
+
+    /// Unique among the connections of this server's life.
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     /// From now on the connection must begin with a PROXY protocol header, complete by

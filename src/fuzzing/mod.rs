@@ -289,6 +289,7 @@ fn empty_snapshot() -> Snapshot {
         start_time: std::time::UNIX_EPOCH,
         udp: None,
         tls: None,
+        kv: None,
     }
 }
 

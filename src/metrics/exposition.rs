@@ -45,14 +45,19 @@ impl Format {
 }
 
 /// Writes metric families in one format.
-struct Encoder {
+pub(super) struct Encoder {
     out: String,
     format: Format,
 }
 
 impl Encoder {
     /// A counter family `name` (given without `_total`), one sample per label set.
-    fn counter(&mut self, name: &str, help: &str, samples: &[(Option<(&str, &str)>, f64)]) {
+    pub(super) fn counter(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(Option<(&str, &str)>, f64)],
+    ) {
         let family = match self.format {
             Format::Prometheus => format!("{name}_total"),
             Format::OpenMetrics => name.to_owned(),
@@ -63,12 +68,17 @@ impl Encoder {
         }
     }
 
-    fn gauge(&mut self, name: &str, help: &str, value: f64) {
+    pub(super) fn gauge(&mut self, name: &str, help: &str, value: f64) {
         self.header(name, help, "gauge");
         self.sample(name, None, value);
     }
 
-    fn labelled_gauge(&mut self, name: &str, help: &str, samples: &[(Option<(&str, &str)>, f64)]) {
+    pub(super) fn labelled_gauge(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: &[(Option<(&str, &str)>, f64)],
+    ) {
         self.header(name, help, "gauge");
         for (label, value) in samples {
             self.sample(name, *label, *value);
@@ -99,6 +109,29 @@ impl Encoder {
         self.sample(&bucket, Some(("le", "+Inf")), total as f64);
         self.sample(&format!("{name}_sum"), None, sum);
         self.sample(&format!("{name}_count"), None, total as f64);
+    }
+
+    /// A counter family `name` (given without `_total`) whose samples carry two labels.
+    pub(super) fn counter_by_two(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: (&str, &str),
+        samples: &[((&str, &str), f64)],
+    ) {
+        let family = match self.format {
+            Format::Prometheus => format!("{name}_total"),
+            Format::OpenMetrics => name.to_owned(),
+        };
+        self.header(&family, help, "counter");
+        for ((first, second), value) in samples {
+            // Label values here are this program's own names: nothing to escape.
+            let _ = writeln!(
+                self.out,
+                "{name}_total{{{}=\"{first}\",{}=\"{second}\"}} {value}",
+                labels.0, labels.1
+            );
+        }
     }
 
     fn header(&mut self, family: &str, help: &str, kind: &str) {
@@ -270,6 +303,9 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
             ],
         );
     }
+    if let Some(kv) = &snapshot.kv {
+        super::store::encode(&mut e, kv);
+    }
     e.counter(
         "kv_server_telnet_commands",
         "Telnet commands and negotiations taken out of clients' input (with --telnet).",
@@ -378,6 +414,7 @@ mod tests {
             start_time: UNIX_EPOCH + std::time::Duration::from_millis(1_500),
             udp: None,
             tls: None,
+            kv: None,
         }
     }
 

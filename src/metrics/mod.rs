@@ -10,11 +10,13 @@
 pub(crate) mod endpoint;
 mod exposition;
 mod process;
+mod store;
 
 use std::time::SystemTime;
 
 use crate::counters::{
-    AcceptCounts, BufferGauges, CloseReason, ClosedCounts, TlsCounts, Traffic, TurnTimes, UdpCounts,
+    AcceptCounts, BufferGauges, CloseReason, ClosedCounts, KvCounts, TlsCounts, Traffic, TurnTimes,
+    UdpCounts,
 };
 use crate::stream::Transport;
 
@@ -33,6 +35,8 @@ pub(crate) struct Snapshot {
     pub udp: Option<UdpCounts>,
     /// With `--tls-cert`.
     pub tls: Option<TlsCounts>,
+    /// With `--kv`.
+    pub kv: Option<KvCounts>,
 }
 
 impl Snapshot {

@@ -13,6 +13,7 @@
 
 mod admission;
 mod lifecycle;
+mod pushes;
 mod scrapers;
 mod serving;
 mod turn;
@@ -30,8 +31,9 @@ use crate::accept::{self, Acceptor, Arrival, ServiceSockets};
 use crate::certificates;
 use crate::config::Config;
 use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
-use crate::counters::{CloseReason, TlsCounts, Traffic, TurnTimes, UdpCounts};
+use crate::counters::{CloseReason, KvCounts, TlsCounts, Traffic, TurnTimes, UdpCounts};
 use crate::handler::{Echo, LineHandler};
+use crate::kv::{Client, Kv};
 use crate::metrics::endpoint::MetricsEndpoint;
 use crate::metrics::Snapshot;
 use crate::schedule::{self, Schedule};
@@ -65,6 +67,8 @@ pub struct Server {
     /// reuse the allocation).
     heavy_events: Vec<(usize, Readiness)>,
     handler: Box<dyn LineHandler>,
+    /// With `--kv`: the store, which answers every line in the handler's place.
+    kv: Option<Kv>,
     /// The one read buffer of the whole reactor; connections copy out only what they keep.
     read_buffer: Box<[u8]>,
     /// Where handlers write answers that are not their input; kept to avoid reallocating.
@@ -185,6 +189,13 @@ impl Server {
                  balancers' addresses with --proxy-from to believe only theirs"
             );
         }
+        if config.kv && config.reuse_port {
+            log::warn!(
+                "--kv with --reuse-port: each instance keeps its own buckets, and the kernel \
+                 spreads connections over the instances, so a client may not find a bucket \
+                 it created"
+            );
+        }
         let metrics = match config.metrics {
             Some(addr) => Some(
                 MetricsEndpoint::bind(addr, config.metrics_timeout, poll.registry(), METRICS)
@@ -222,6 +233,9 @@ impl Server {
             schedule: Schedule::default(),
             heavy_events: Vec::new(),
             handler,
+            kv: config
+                .kv
+                .then(|| Kv::new(config.kv_max_bytes, config.max_line_bytes)),
             read_buffer: vec![0; config.read_buffer_bytes].into_boxed_slice(),
             scratch: Vec::new(),
             gathered: Vec::new(),

@@ -33,8 +33,9 @@ impl Server {
         let (traffic, turns, started) = (self.traffic, self.turns, self.started);
         let udp = self.udp.as_ref().map(UdpEcho::counts);
         let tls = self.tls_reloads;
+        let kv = self.kv.as_ref().map(Kv::counts);
         let mut snapshot =
-            || take_snapshot(acceptor, connections, traffic, turns, started, udp, tls);
+            || take_snapshot(acceptor, connections, traffic, turns, started, udp, tls, kv);
         serve(metrics, self.poll.registry(), &mut snapshot);
     }
 
@@ -47,10 +48,12 @@ impl Server {
             self.started,
             self.udp.as_ref().map(UdpEcho::counts),
             self.tls_reloads,
+            self.kv.as_ref().map(Kv::counts),
         )
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn take_snapshot(
     acceptor: &Acceptor,
     connections: &ConnectionTable,
@@ -59,6 +62,7 @@ pub(super) fn take_snapshot(
     start_time: std::time::SystemTime,
     udp: Option<UdpCounts>,
     tls: Option<TlsCounts>,
+    kv: Option<KvCounts>,
 ) -> Snapshot {
     Snapshot {
         accepts: acceptor.counts(),
@@ -69,6 +73,7 @@ pub(super) fn take_snapshot(
         turns,
         start_time,
         udp,
+        kv,
         tls: tls.map(|counts| TlsCounts {
             failures: connections.tls_failures(),
             ..counts

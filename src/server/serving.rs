@@ -23,6 +23,22 @@ impl Server {
             return 0; // A stale event for a connection closed earlier in this turn.
         };
         let work_before = schedule::work_done(&self.traffic);
+        let mut readiness = readiness;
+        let mut held_back = false;
+        let handler: &mut dyn LineHandler = match self.kv.as_mut() {
+            None => &mut *self.handler,
+            Some(kv) => {
+                // Its changes' pushes are still being delivered: it is written to but not
+                // read, and comes back when they are.
+                held_back = kv.holds_back(key);
+                readiness.readable &= !held_back;
+                kv.serve(Client {
+                    key,
+                    serial: connection.serial(),
+                });
+                kv
+            }
+        };
         let unix = connection.peer().transport() == Transport::Unix;
         let tls = connection.is_tls();
         let bytes_before = (self.traffic.bytes_received, self.traffic.bytes_sent);
@@ -32,7 +48,7 @@ impl Server {
             gathered: &mut self.gathered,
             tls_plaintext: &mut self.tls_plaintext,
             tls_records: &mut self.tls_records,
-            handler: &mut *self.handler,
+            handler,
             max_line_bytes: self.config.max_line_bytes,
             output_high_water: self.config.output_high_water,
             output_low_water: self.config.output_low_water,
@@ -60,8 +76,9 @@ impl Server {
             CloseReason::ClientClosed
         };
         let over_budget = matches!(outcome, Ok(ReadOutcome::OverBudget));
-        let work_left =
-            matches!(outcome, Ok(ReadOutcome::ShareSpent)) || connection.has_output_to_flush();
+        let work_left = matches!(outcome, Ok(ReadOutcome::ShareSpent))
+            || connection.has_output_to_flush()
+            || held_back;
         // Waiting with no echoes unsent: only room in the budget lets it go on.
         let room_wanted = over_budget && connection.waits_for_room();
         // Accounted while the connection is still in the table: closing it settles the rest.
@@ -88,6 +105,11 @@ impl Server {
         if tls {
             self.traffic.tls_bytes_received += self.traffic.bytes_received - bytes_before.0;
             self.traffic.tls_bytes_sent += self.traffic.bytes_sent - bytes_before.1;
+        }
+        if self.kv.as_ref().is_some_and(Kv::has_work) {
+            // The pushes a change owes go out in the turn it was made, as far as the
+            // turn's share of them goes.
+            self.deliver_pushes(now);
         }
         (schedule::work_done(&self.traffic) - work_before) as usize
     }

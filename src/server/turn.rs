@@ -16,6 +16,13 @@ impl Server {
         if let Some(addr) = self.udp_addr() {
             log::info!("Echoing datagrams on UDP port {}", addr.port());
         }
+        if self.kv.is_some() {
+            log::info!(
+                "Answering the guide's KV commands (--kv): CREATE, PUT, GET, DELETE, \
+                 SUBSCRIBE; buckets held in this process, up to {} bytes",
+                self.config.kv_max_bytes
+            );
+        }
         self.shutdown.announce_ready(Instant::now(), port);
         let mut events = Events::with_capacity(1024);
         loop {
@@ -28,6 +35,9 @@ impl Server {
             let now = Instant::now();
             self.schedule.begin_turn();
             self.acceptor.begin_turn();
+            if let Some(kv) = self.kv.as_mut() {
+                kv.begin_turn();
+            }
             if let Some(metrics) = self.metrics.as_mut() {
                 metrics.begin_turn();
             }
@@ -45,6 +55,7 @@ impl Server {
             }
             self.heavy_events = heavy_events;
             self.serve_owed(Schedule::next_backlog, Schedule::charge_backlog, now);
+            self.deliver_pushes(now);
             self.serve_owed_scrapers(now);
             let stopped = match self.shutdown.forced() {
                 Some(stopped) => Some(stopped),
@@ -167,7 +178,13 @@ impl Server {
     pub(super) fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         let scrapers_owed = self.metrics.as_ref().is_some_and(MetricsEndpoint::has_work);
         let datagrams_owed = self.udp.as_ref().is_some_and(UdpEcho::has_work);
-        if self.schedule.has_work() || self.acceptor.has_work() || scrapers_owed || datagrams_owed {
+        let pushes_owed = self.kv.as_ref().is_some_and(Kv::has_work);
+        if self.schedule.has_work()
+            || self.acceptor.has_work()
+            || scrapers_owed
+            || datagrams_owed
+            || pushes_owed
+        {
             return Some(Duration::ZERO);
         }
         [

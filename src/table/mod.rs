@@ -66,6 +66,8 @@ pub(crate) struct ConnectionTable {
     /// flood of plaintext clients would otherwise fill the log).
     tls_failures: [u64; Failure::ALL.len()],
     tls_failure_logs: RateLimit,
+    /// Connections let in so far: the next one's serial number.
+    let_in: u64,
 }
 
 impl ConnectionTable {
@@ -97,6 +99,7 @@ impl ConnectionTable {
             closed: ClosedCounts::default(),
             tls_failures: [0; Failure::ALL.len()],
             tls_failure_logs: RateLimit::default(),
+            let_in: 0,
         }
     }
 
@@ -153,6 +156,11 @@ impl ConnectionTable {
         self.slab.get_mut(key)
     }
 
+    /// Whether the connection with this serial number is still under `key`.
+    pub fn holds(&self, key: usize, serial: u64) -> bool {
+        self.slab.get(key).is_some_and(|c| c.serial() == serial)
+    }
+
     pub fn keys(&self) -> Vec<usize> {
         self.slab.iter().map(|(key, _)| key).collect()
     }
@@ -179,7 +187,8 @@ impl ConnectionTable {
         if peer.transport() == Transport::Unix {
             self.open_unix += 1;
         }
-        let connection = entry.insert(Connection::new(socket, peer, now));
+        self.let_in += 1;
+        let connection = entry.insert(Connection::new(socket, peer, self.let_in, now));
         let deadline = now + self.opening_timeout.unwrap_or_default();
         if self.opening_timeout.is_some() && self.proxy.expects_header_from(connection.peer()) {
             // Its address is known once its header has come: counted then.
