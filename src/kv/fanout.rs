@@ -28,8 +28,9 @@ pub(crate) const HELD_HARD_LIMIT: usize = 16 * 1024 * 1024;
 #[derive(Debug)]
 pub(crate) struct Push {
     pub bucket: u32,
-    /// The connection that made the change.
-    origin: usize,
+    /// The connection that made the change: if subscribed, it had the message with its
+    /// reply, in order, and is skipped.
+    pub origin: Client,
     pub message: Box<[u8]>,
     pub next: usize,
     pub end: usize,
@@ -63,11 +64,16 @@ impl Fanout {
         *self.origins.entry(origin.key).or_default() += 1;
         self.queue.push_back(Push {
             bucket,
-            origin: origin.key,
+            origin,
             message,
             next: 0,
             end: subscribed,
         });
+    }
+
+    /// The message of the push queued last.
+    pub fn newest_message(&self) -> &[u8] {
+        self.queue.back().map_or(&[], |push| &push.message)
     }
 
     /// The push to deliver next, if any.
@@ -90,10 +96,10 @@ impl Fanout {
         let push = self.queue.pop_front().expect("the front push");
         store.bucket_mut(push.bucket).fanouts -= 1;
         self.held -= push.message.len() + PUSH_COST;
-        if let Some(queued) = self.origins.get_mut(&push.origin) {
+        if let Some(queued) = self.origins.get_mut(&push.origin.key) {
             *queued -= 1;
             if *queued == 0 {
-                self.origins.remove(&push.origin);
+                self.origins.remove(&push.origin.key);
             }
         }
         if self.queue.is_empty() {

@@ -47,6 +47,8 @@ pub(crate) struct Kv {
     counts: KvCounts,
     /// Buckets whose subscriber lists have doubled since they were last compacted.
     compactions_due: Vec<u32>,
+    /// The change being run owes the connection that made it a push.
+    own_push: bool,
 }
 
 impl Kv {
@@ -61,6 +63,7 @@ impl Kv {
                 ..KvCounts::default()
             },
             compactions_due: Vec::new(),
+            own_push: false,
         }
     }
 
@@ -140,6 +143,10 @@ impl Kv {
             Err(Refusal::Unknown) => (KvOutcome::UnknownCommand, UNKNOWN_COMMAND),
         };
         replies.extend_from_slice(reply);
+        if std::mem::take(&mut self.own_push) {
+            replies.extend_from_slice(self.fanout.newest_message());
+            self.counts.pushes_sent += 1;
+        }
         self.counts.commands[command as usize][outcome as usize] += 1;
     }
 
@@ -158,13 +165,15 @@ impl Kv {
     }
 
     /// Queues the message a change owes its bucket's subscribers; without any, none is
-    /// made.
+    /// made. A subscriber that made the change itself has it at once, after its reply,
+    /// so that its own changes reach it in the order of its commands.
     fn notify(&mut self, bucket: u32, message: &[&[u8]]) {
         if self.store.bucket(bucket).subscribers.is_empty() {
             return;
         }
         self.fanout
             .queue(&mut self.store, bucket, self.client, message.concat());
+        self.own_push = self.store.is_subscribed(bucket, self.client);
     }
 
     fn subscribe(&mut self, bucket: &[u8]) -> Result<(), Refusal> {

@@ -190,6 +190,12 @@ impl Store {
         }
     }
 
+    /// Whether `client` is subscribed to `bucket`.
+    #[inline]
+    pub fn is_subscribed(&self, bucket: u32, client: Client) -> bool {
+        self.subscriptions.contains(&(bucket, client))
+    }
+
     pub fn buckets(&self) -> usize {
         self.buckets.len()
     }

@@ -46,6 +46,9 @@ impl Server {
                 .min(fanout.turn_left(PUSHES_PER_TURN))
                 .min(32);
             for &client in &subscribers[..count] {
+                if client == push.origin {
+                    continue; // It had the message with its reply.
+                }
                 let mut turn = Turn {
                     read_buffer: &mut [],
                     scratch: &mut self.scratch,
