@@ -58,6 +58,26 @@ fn allocations_during(clients: &mut [std::net::TcpStream], line: &[u8], rounds: 
     ALLOCATIONS.load(Ordering::SeqCst) - before
 }
 
+/// Runs `rounds` requests on one client, each answered with `reply`, and returns the
+/// allocations counted.
+fn allocations_answering(
+    client: &mut std::net::TcpStream,
+    request: &mut dyn FnMut(usize) -> Vec<u8>,
+    reply: &[u8],
+    rounds: usize,
+) -> u64 {
+    let requests: Vec<Vec<u8>> = (0..rounds).map(&mut *request).collect();
+    let mut back = [0u8; 4096];
+    let back = &mut back[..reply.len()];
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    for request in &requests {
+        client.write_all(request).unwrap();
+        client.read_exact(back).unwrap();
+        assert_eq!(&*back, reply);
+    }
+    ALLOCATIONS.load(Ordering::SeqCst) - before
+}
+
 // One test function: the counter is process-wide, so measurements must not overlap.
 #[test]
 fn steady_state_requests_allocate_nothing() {
@@ -93,5 +113,37 @@ fn steady_state_requests_allocate_nothing() {
     assert_eq!(
         counted, 0,
         "{counted} allocations over 640,000 pipelined lines"
+    );
+    drop(server);
+
+    // --kv: a GET allocates nothing, a PUT only what it stores.
+    let config = kv_server::Config {
+        kv: true,
+        ..kv_server::Config::default()
+    };
+    let server = TestServer::start_with(config, Box::new(kv_server::Echo));
+    let mut client = server.connect();
+    let mut setup = |line: &[u8]| {
+        client.write_all(line).unwrap();
+        let mut ok = [0u8; 4];
+        client.read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, b"OK\r\n");
+    };
+    setup(b"CREATE shopping\n");
+    setup(b"PUT shopping eggs 0123456789\n");
+    let get = &mut |_| b"GET shopping eggs\r\n".to_vec();
+    allocations_answering(&mut client, get, b"0123456789\r\nOK\r\n", 500);
+    let counted = allocations_answering(&mut client, get, b"0123456789\r\nOK\r\n", 3_000);
+    assert_eq!(counted, 0, "{counted} allocations over 3,000 GETs");
+    // A value as long as the one it replaces is written over it.
+    let same_length = &mut |round: usize| format!("PUT shopping eggs {round:010}\n").into_bytes();
+    let counted = allocations_answering(&mut client, same_length, b"OK\r\n", 3_000);
+    assert_eq!(counted, 0, "{counted} allocations over 3,000 PUTs in place");
+    // A new key: its key and its value, and the map's growth now and then.
+    let new_keys = &mut |round: usize| format!("PUT shopping k{round} v\n").into_bytes();
+    let counted = allocations_answering(&mut client, new_keys, b"OK\r\n", 3_000);
+    assert!(
+        (6_000..6_050).contains(&counted),
+        "{counted} allocations for 3,000 new keys"
     );
 }

@@ -208,6 +208,28 @@ fn bad_flags_are_clear_errors() {
     );
 }
 
+/// `--kv` goes with every stream transport but not with `--udp`; its budget needs it; with
+/// `--reuse-port` it warns that buckets are per process.
+#[test]
+fn kv_options_are_checked_and_its_limits_said_at_start_up() {
+    let stderr = refuses_usage(&["--kv", "--udp"]);
+    assert!(
+        stderr.contains("'--kv'") && stderr.contains("'--udp'"),
+        "{stderr}"
+    );
+    let stderr = refuses_usage(&["--kv-max-bytes", "1000"]);
+    assert!(stderr.contains("--kv"), "{stderr}");
+    let stderr = refuses_usage(&["--kv", "--kv-max-bytes", "0"]);
+    assert!(stderr.contains("'0' for '--kv-max-bytes"), "{stderr}");
+    let server = ServerProcess::start(&["--kv", "--reuse-port", "--kv-max-bytes", "1000000"]);
+    let said = server.startup_log.join("\n") + &server.wait_log("KV commands");
+    assert!(
+        said.contains("--kv with --reuse-port: each instance keeps its own buckets"),
+        "{said}"
+    );
+    assert!(said.contains("up to 1000000 bytes"), "{said}");
+}
+
 /// `--bind localhost` listens on 127.0.0.1; a `PORT` set to nothing counts as unset.
 #[test]
 fn localhost_and_an_empty_port_variable_are_taken_as_people_mean_them() {
