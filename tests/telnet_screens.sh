@@ -7,7 +7,8 @@
 # Clients: PuTTY's engine (plink, putty-tools), Debian's and Ubuntu's telnet (inetutils)
 # and BusyBox's telnet, against `--telnet`; BusyBox also without it, where echo is
 # byte-exact and it must still look right; plink without it gets the server's hint in the
-# log. (inetutils without --telnet is not shown UTF-8: outside BINARY mode it takes any
+# log. With --kv, each client types the guide's commands and shows the replies and a push
+# made from another connection. (inetutils without --telnet is not shown UTF-8: outside BINARY mode it takes any
 # byte whose low 7 bits are a control key as that key, so the 0x9C in the UTF-8 of ✓ sends
 # a BREAK, as ^\ would. tests/real_clients.sh drives it without --telnet in ASCII.) Ctrl-C is typed where it reaches the server: plink keeps its terminal in
 # line mode, where Ctrl-C ends plink itself (PuTTY's window sends Interrupt Process
@@ -182,10 +183,62 @@ plink_plain_hint() {
     return "$ok"
 }
 
+# Waits (10 s at most) until the screen holds at least $2 lines equal to $1, after typing
+# $3 and Enter.
+type_command() {
+    screen_tmux send-keys -t client -l "$3"
+    screen_tmux send-keys -t client Enter
+    wait_for_screen_line "$1" "$2"
+}
+
+# With --kv --telnet, a person types the guide's commands and reads the replies, each at
+# column 0; a change made from another connection appears on the subscriber's screen.
+kv_session() {
+    local client=$1 command connected ok=0
+    start_server --telnet --kv
+    case "$client" in
+        plink) command="plink -telnet -P $port 127.0.0.1" connected="" ;;
+        inetutils) command="telnet 127.0.0.1 $port" connected="Escape character is" ;;
+        busybox) command="busybox telnet 127.0.0.1 $port" connected="Connected to" ;;
+    esac
+    screen_tmux kill-server 2>/dev/null || true
+    screen_tmux new-session -d -s client -x 100 -y 30 "$command; sleep 30"
+    wait_until_connected "$connected" || ok=1
+    type_command "OK" 1 "CREATE shopping" || ok=1
+    type_command "OK" 2 "PUT shopping eggs 3" || ok=1
+    type_command "OK" 3 "GET shopping eggs" || ok=1
+    type_command "SUBSCRIBE shopping" 1 "SUBSCRIBE shopping" || ok=1
+    # Another client changes the bucket; its OK means the change was made.
+    exec 3<>"/dev/tcp/127.0.0.1/$port"
+    printf 'PUT shopping milk 1\r\n' >&3
+    local reply
+    read -r -t 10 reply <&3 || ok=1
+    exec 3>&-
+    wait_for_screen_line "milk SET TO 1" 1 || ok=1
+    type_command "UNKNOWN COMMAND" 1 "HELLO" || ok=1
+    local expected got
+    expected="$(printf '%s\n' "CREATE shopping" OK "PUT shopping eggs 3" OK \
+        "GET shopping eggs" 3 OK "SUBSCRIBE shopping" "milk SET TO 1" HELLO "UNKNOWN COMMAND")"
+    got="$(screen_from "CREATE shopping")"
+    if [[ "$got" != "$expected" ]]; then
+        echo "the screen of '$command':"
+        printf '%s\n' "$got" | sed 's/$/|/'
+        echo "but a person should see:"
+        printf '%s\n' "$expected" | sed 's/$/|/'
+        ok=1
+    fi
+    screen_tmux kill-server 2>/dev/null || true
+    stop_server
+    return "$ok"
+}
+
 check "plink -telnet, --telnet: lines at column 0, UTF-8 intact" client_against plink --telnet
 check "inetutils telnet, --telnet: no staircase, Ctrl-C drops the half line" client_against inetutils --telnet
 check "busybox telnet, --telnet: lines at column 0, UTF-8 intact" client_against busybox --telnet
 check "busybox telnet, plain echo" client_against busybox
 check "plink, plain echo: the log says --telnet would serve it" plink_plain_hint
+check "plink -telnet, --kv: the guide's commands and a push on screen" kv_session plink
+check "inetutils telnet, --kv: the guide's commands and a push on screen" kv_session inetutils
+check "busybox telnet, --kv: the guide's commands and a push on screen" kv_session busybox
 
 summary telnet_screens
