@@ -32,6 +32,15 @@ pub struct Client {
     output: Vec<u8>,
     output_sent: usize,
     send_times: VecDeque<Instant>,
+    /// With `--request`: every line is the same request, answered with the same reply.
+    exchange: bool,
+}
+
+/// With `--request` and `--reply`: what every request is and what answers it, instead of
+/// a line and its echo.
+pub struct Exchange {
+    pub request: Vec<u8>,
+    pub reply: Vec<u8>,
 }
 
 /// What one readiness event brought back.
@@ -49,6 +58,7 @@ impl Client {
         id: u64,
         line_len: usize,
         depth: usize,
+        exchange: Option<&Exchange>,
     ) -> Client {
         let tls = tls.map(|config| {
             let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
@@ -58,9 +68,15 @@ impl Client {
             session.set_buffer_limit(None);
             session
         });
-        let template = line_template(id, line_len);
-        let mut expected = Vec::with_capacity(line_len);
-        make_line(&template, 0, &mut expected);
+        let (template, expected) = match exchange {
+            Some(exchange) => (exchange.request.clone(), exchange.reply.clone()),
+            None => {
+                let template = line_template(id, line_len);
+                let mut expected = Vec::with_capacity(line_len);
+                make_line(&template, 0, &mut expected);
+                (template, expected)
+            }
+        };
         Client {
             stream,
             tls,
@@ -75,6 +91,7 @@ impl Client {
             output: Vec::new(),
             output_sent: 0,
             send_times: VecDeque::with_capacity(depth),
+            exchange: exchange.is_some(),
         }
     }
 
@@ -82,8 +99,12 @@ impl Client {
     pub fn send_lines(&mut self, lines: u64, scratch: &mut Vec<u8>) {
         let now = Instant::now();
         for _ in 0..lines {
-            make_line(&self.template, self.sent, scratch);
-            self.output.extend_from_slice(scratch);
+            if self.exchange {
+                self.output.extend_from_slice(&self.template);
+            } else {
+                make_line(&self.template, self.sent, scratch);
+                self.output.extend_from_slice(scratch);
+            }
             self.sent += 1;
             self.send_times.push_back(now);
         }
@@ -217,7 +238,7 @@ impl Client {
         now: Instant,
         result: &mut Received,
     ) {
-        let line_len = self.template.len();
+        let line_len = self.expected.len();
         let mut data = data;
         while !data.is_empty() {
             let take = (line_len - self.line_pos).min(data.len());
@@ -235,7 +256,9 @@ impl Client {
                 if let Some(sent_at) = self.send_times.pop_front() {
                     histogram.record(now.saturating_duration_since(sent_at));
                 }
-                make_line(&self.template, self.received, &mut self.expected);
+                if !self.exchange {
+                    make_line(&self.template, self.received, &mut self.expected);
+                }
             }
         }
     }

@@ -62,6 +62,25 @@ struct Args {
     /// for the name localhost; a connection counts once its handshake is complete
     #[arg(long, value_name = "PATH")]
     tls_ca: Option<std::path::PathBuf>,
+    /// Send this request on every line instead of an echo line (\r and \n written as
+    /// escapes: "GET b k\r\n"); --line-bytes is then unused
+    #[arg(long, requires = "reply", value_parser = unescape)]
+    request: Option<String>,
+    /// The reply every --request must get, byte for byte ("v\r\nOK\r\n")
+    #[arg(long, requires = "request", value_parser = unescape)]
+    reply: Option<String>,
+}
+
+/// A request or reply given on the command line, with \r, \n and \\ written as escapes.
+fn unescape(text: &str) -> Result<String, String> {
+    let unescaped = text
+        .replace("\\r", "\r")
+        .replace("\\n", "\n")
+        .replace("\\\\", "\\");
+    if unescaped.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(unescaped)
 }
 
 /// How long connecting may take before the run gives up.
@@ -168,6 +187,11 @@ fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<
     let mut events = Events::with_capacity(4096);
     let mut clients: Vec<Client> = Vec::with_capacity(args.connections);
     let tls = args.tls_ca.as_deref().map(tls_config).transpose()?;
+    let exchange = args.request.clone().zip(args.reply.clone());
+    let exchange = exchange.map(|(request, reply)| client::Exchange {
+        request: request.into_bytes(),
+        reply: reply.into_bytes(),
+    });
     let mut connecting = 0usize;
     let mut next_id = 0usize;
     let deadline = Instant::now() + CONNECT_LIMIT;
@@ -186,7 +210,14 @@ fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<
                     )?;
                     let line_len = args.line_bytes as usize;
                     let id = next_id as u64;
-                    clients.push(Client::new(stream, tls.as_ref(), id, line_len, args.depth));
+                    clients.push(Client::new(
+                        stream,
+                        tls.as_ref(),
+                        id,
+                        line_len,
+                        args.depth,
+                        exchange.as_ref(),
+                    ));
                     connecting += 1;
                 }
                 Err(e) => {
@@ -376,7 +407,10 @@ fn report(args: &Args, measured: &Measured, errors: &Errors) -> io::Result<()> {
         histogram,
         ..
     } = measured;
-    let line_len = args.line_bytes;
+    let line_len = match &args.request {
+        Some(request) => request.len() as u64,
+        None => args.line_bytes,
+    };
     let seconds = measured.elapsed.as_secs_f64();
     println!(
         "connections {open} open of {} asked | line {line_len} B | depth {} | {:.2} s",

@@ -70,34 +70,61 @@ impl<'a> Words<'a> {
 impl<'a> Iterator for Words<'a> {
     type Item = &'a [u8];
 
+    #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
-        let mut start = 0;
-        loop {
-            if start == self.rest.len() {
-                self.rest = &[];
-                return None;
-            }
-            match whitespace_at(&self.rest[start..]) {
-                0 => break,
-                width => start += width,
-            }
-        }
-        let mut end = start;
-        let mut after = self.rest.len();
-        while end < self.rest.len() {
-            match whitespace_at(&self.rest[end..]) {
-                0 => end += 1,
-                width => {
-                    after = end + width;
-                    break;
-                }
+        let rest = self.rest;
+        let mut at = 0;
+        // Words are almost always ASCII: only a byte that may begin a multi-byte whitespace
+        // character needs a closer look.
+        while let Some(&byte) = rest.get(at) {
+            match BYTE_CLASS[byte as usize] {
+                WORD => break,
+                SPACE => at += 1,
+                _ => match whitespace_at(&rest[at..]) {
+                    0 => break,
+                    width => at += width,
+                },
             }
         }
-        let word = &self.rest[start..end];
-        self.rest = &self.rest[after.max(end)..];
-        Some(word)
+        if at == rest.len() {
+            self.rest = &[];
+            return None;
+        }
+        let start = at;
+        at += 1;
+        while let Some(&byte) = rest.get(at) {
+            match BYTE_CLASS[byte as usize] {
+                WORD => at += 1,
+                SPACE => break,
+                _ if whitespace_at(&rest[at..]) > 0 => break,
+                _ => at += 1,
+            }
+        }
+        self.rest = &rest[at..];
+        Some(&rest[start..at])
     }
 }
+
+const WORD: u8 = 0;
+const SPACE: u8 = 1;
+const MAYBE_SPACE: u8 = 2;
+
+/// Each byte's class: part of a word, ASCII whitespace, or the first byte of a UTF-8
+/// character that may be whitespace (see [`whitespace_at`]).
+static BYTE_CLASS: [u8; 256] = {
+    let mut classes = [WORD; 256];
+    classes[b'\t' as usize] = SPACE;
+    classes[b'\n' as usize] = SPACE;
+    classes[0x0b] = SPACE;
+    classes[0x0c] = SPACE;
+    classes[b'\r' as usize] = SPACE;
+    classes[b' ' as usize] = SPACE;
+    classes[0xc2] = MAYBE_SPACE;
+    classes[0xe1] = MAYBE_SPACE;
+    classes[0xe2] = MAYBE_SPACE;
+    classes[0xe3] = MAYBE_SPACE;
+    classes
+};
 
 /// How many bytes of whitespace `bytes` begins with: one character's, or 0.
 ///

@@ -7,10 +7,11 @@
 //! fixed amount for each bucket, entry and subscription, close to what the allocator
 //! spends on them, so that a million empty buckets count as well as one big value.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 
-/// What the budget counts for a bucket beyond its name: its map, its subscriber list and
-/// its place in the index.
+/// What the budget counts for a bucket beyond its name (which it holds twice, in the
+/// index and in the bucket): its map, its subscriber list and its place in the index.
 pub(crate) const BUCKET_COST: usize = 160;
 /// What the budget counts for an entry beyond its key and value: their two allocations and
 /// the map's slot.
@@ -33,6 +34,7 @@ pub(crate) struct Full;
 
 #[derive(Debug, Default)]
 pub(crate) struct Bucket {
+    name: Box<[u8]>,
     entries: HashMap<Box<[u8]>, Box<[u8]>>,
     /// In the order they subscribed; a connection that has gone stays until the list is
     /// compacted (see [`Store::compact_subscribers`]), so that a fan-out walking it by
@@ -50,6 +52,9 @@ pub(crate) struct Bucket {
 pub(crate) struct Store {
     by_name: HashMap<Box<[u8]>, u32>,
     buckets: Vec<Bucket>,
+    /// The bucket found last: clients mostly name the same bucket again, and comparing a
+    /// name costs less than hashing it.
+    last_found: Cell<u32>,
     /// Every (bucket, client) subscribed, so that subscribing twice changes nothing.
     subscriptions: HashSet<(u32, Client)>,
     bytes: usize,
@@ -62,6 +67,7 @@ impl Store {
         Store {
             by_name: HashMap::new(),
             buckets: Vec::new(),
+            last_found: Cell::new(0),
             subscriptions: HashSet::new(),
             bytes: 0,
             max_bytes,
@@ -72,7 +78,13 @@ impl Store {
     /// The bucket named `name`, if it exists.
     #[inline]
     pub fn find(&self, name: &[u8]) -> Option<u32> {
-        self.by_name.get(name).copied()
+        let last = self.last_found.get();
+        if self.buckets.get(last as usize).is_some_and(|b| *b.name == *name) {
+            return Some(last);
+        }
+        let bucket = self.by_name.get(name).copied()?;
+        self.last_found.set(bucket);
+        Some(bucket)
     }
 
     pub fn bucket(&self, bucket: u32) -> &Bucket {
@@ -88,12 +100,15 @@ impl Store {
         if let Some(bucket) = self.find(name) {
             return Ok(bucket);
         }
-        let cost = name.len() + BUCKET_COST;
+        let cost = 2 * name.len() + BUCKET_COST;
         if self.bytes + cost > self.max_bytes || self.buckets.len() >= u32::MAX as usize {
             return Err(Full);
         }
         let bucket = self.buckets.len() as u32;
-        self.buckets.push(Bucket::default());
+        self.buckets.push(Bucket {
+            name: name.into(),
+            ..Bucket::default()
+        });
         self.by_name.insert(name.into(), bucket);
         self.bytes += cost;
         Ok(bucket)
@@ -223,10 +238,10 @@ mod tests {
 
     #[test]
     fn the_budget_counts_what_is_stored_and_refuses_past_it() {
-        let mut store = Store::new(BUCKET_COST + 1 + ENTRY_COST + 10);
+        let mut store = Store::new(BUCKET_COST + 2 + ENTRY_COST + 10);
         let bucket = store.create(b"b").unwrap();
         store.put(bucket, b"k", b"123456789").unwrap();
-        assert_eq!(store.bytes(), BUCKET_COST + 1 + ENTRY_COST + 10);
+        assert_eq!(store.bytes(), BUCKET_COST + 2 + ENTRY_COST + 10);
         assert_eq!(store.put(bucket, b"k", b"1234567890"), Err(Full));
         assert_eq!(store.put(bucket, b"x", b""), Err(Full));
         assert_eq!(store.create(b"c"), Err(Full));
@@ -235,7 +250,7 @@ mod tests {
         store.put(bucket, b"k", b"1").unwrap();
         assert!(store.delete(bucket, b"k"));
         assert!(!store.delete(bucket, b"k"));
-        assert_eq!(store.bytes(), BUCKET_COST + 1);
+        assert_eq!(store.bytes(), BUCKET_COST + 2);
         assert_eq!(store.keys(), 0);
         // The bucket exists still: creating it again costs nothing.
         assert_eq!(store.create(b"b"), Ok(bucket));
@@ -264,6 +279,6 @@ mod tests {
         store.compact_subscribers(bucket, &mut |client| client == ALICE);
         assert_eq!(store.bucket(bucket).subscribers, [ALICE]);
         assert_eq!(store.subscriptions(), 1);
-        assert_eq!(store.bytes(), BUCKET_COST + 1 + SUBSCRIPTION_COST);
+        assert_eq!(store.bytes(), BUCKET_COST + 2 + SUBSCRIPTION_COST);
     }
 }
