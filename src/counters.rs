@@ -45,7 +45,7 @@ pub(crate) enum CloseReason {
     Drained,
     /// Still open when `--shutdown-timeout` ran out.
     ShutdownTimeout,
-    /// With `--kv`: a subscriber whose unsent pushes passed `--output-high-water` (it does
+    /// With `--kv`: a subscriber whose unsent output passed the high-water mark (it does
     /// not read them).
     SubscriberBehind,
 }

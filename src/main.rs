@@ -201,9 +201,10 @@ struct Cli {
 
     /// Bytes the buckets may hold
     ///
-    /// With --kv: names, keys and values, and a fixed amount for each bucket (160 bytes),
-    /// key (64) and subscription (48), close to what they cost in memory. A CREATE, PUT or
-    /// SUBSCRIBE that would pass it is refused with ERROR and changes nothing.
+    /// With --kv: names, keys and values, and a fixed amount for each bucket (160 bytes and
+    /// its name again), key (64) and subscription (48), close to what they cost in memory.
+    /// A CREATE, PUT or SUBSCRIBE that would pass it is refused with ERROR and changes
+    /// nothing.
     #[arg(long, help_heading = "Protocols", value_name = "BYTES", default_value_t = config::DEFAULT_KV_MAX_BYTES,
           value_parser = parse_positive, allow_negative_numbers = true, requires = "kv")]
     kv_max_bytes: usize,

@@ -79,7 +79,11 @@ impl Store {
     #[inline]
     pub fn find(&self, name: &[u8]) -> Option<u32> {
         let last = self.last_found.get();
-        if self.buckets.get(last as usize).is_some_and(|b| *b.name == *name) {
+        if self
+            .buckets
+            .get(last as usize)
+            .is_some_and(|b| *b.name == *name)
+        {
             return Some(last);
         }
         let bucket = self.by_name.get(name).copied()?;

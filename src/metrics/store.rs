@@ -58,7 +58,7 @@ pub(super) fn encode(e: &mut Encoder, kv: &KvCounts) {
     e.counter(
         "kv_server_kv_pushes",
         "Pushes to subscribers (k SET TO v, k DELETED), by result: sent, or dropped because \
-         the subscriber fell behind (over --output-high-water, and closed) or was closing.",
+         the subscriber fell behind (its unsent output over 256 KiB, and closed) or was closing.",
         &[
             (Some(("result", "sent")), kv.pushes_sent as f64),
             (Some(("result", "dropped")), kv.pushes_dropped as f64),

@@ -1,7 +1,8 @@
 //! Delivering what `--kv`'s changes owe their buckets' subscribers (`kv/fanout.rs`): a
 //! bounded number of pushes each turn, each sent down through its subscriber's layers
 //! under the same buffer budget as its answers. A subscriber that does not read is not
-//! waited for: once its unsent output is past `--output-high-water`, it is closed and the
+//! waited for: once its unsent output is past the high-water mark (256 KiB, where reading
+//! a client that does not read its echoes pauses), it is closed and the
 //! push counted as dropped.
 
 use super::*;
@@ -105,7 +106,7 @@ fn deliver(
     if unsent >= turn.output_high_water {
         client_caused!(
             log::Level::Warn,
-            "{}: a subscriber with {unsent} bytes unsent, over --output-high-water ({}): it \
+            "{}: a subscriber with {unsent} bytes unsent, over the high-water mark ({}): it \
              does not read its pushes; closing it",
             connection.peer(),
             turn.output_high_water
