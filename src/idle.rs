@@ -28,8 +28,10 @@ pub(crate) struct IdleLinks {
     prev: u32,
     next: u32,
     last_active: Instant,
-    /// When it was last moved to the back: what the list is ordered by.
-    moved_at: Instant,
+    /// A granularity after it was last moved to the back (what the list is ordered by):
+    /// before then, traffic does not move it. Kept as the time it may move again, so that
+    /// each request compares two instants instead of measuring a duration.
+    moves_after: Instant,
 }
 
 impl IdleLinks {
@@ -39,7 +41,7 @@ impl IdleLinks {
             prev: NONE,
             next: NONE,
             last_active: now,
-            moved_at: now,
+            moves_after: now,
         }
     }
 }
@@ -84,7 +86,7 @@ impl IdleList {
         links.prev = link_to(self.back);
         links.next = NONE;
         links.last_active = now;
-        links.moved_at = now;
+        links.moves_after = now + self.granularity;
         match self.back {
             Some(back) => entries[back].links_mut().next = link_to(Some(key)),
             None => self.front = Some(key),
@@ -113,9 +115,7 @@ impl IdleList {
     pub fn touch<T: Linked>(&mut self, entries: &mut Slab<T>, key: usize, now: Instant) {
         let links = entries[key].links_mut();
         links.last_active = now;
-        if self.back == Some(key)
-            || now.saturating_duration_since(links.moved_at) < self.granularity
-        {
+        if self.back == Some(key) || now < links.moves_after {
             return;
         }
         self.remove(entries, key);

@@ -67,10 +67,12 @@ impl Kv {
         }
     }
 
-    /// From now on, lines come from `client`.
-    #[inline]
-    pub fn serve(&mut self, client: Client) {
+    /// From now on, lines come from `client`. Returns whether it is not to be read until
+    /// the pushes its changes owe are delivered.
+    #[inline(never)]
+    pub fn serve(&mut self, client: Client) -> bool {
         self.client = client;
+        self.fanout.holds_back(client.key)
     }
 
     /// The store and its fan-out queue, for the reactor's delivery.
@@ -81,12 +83,6 @@ impl Kv {
     /// A new turn of the loop.
     pub fn begin_turn(&mut self) {
         self.fanout.begin_turn();
-    }
-
-    /// Whether the connection under `key` is not to be read until pushes are delivered.
-    #[inline]
-    pub fn holds_back(&self, key: usize) -> bool {
-        self.fanout.holds_back(key)
     }
 
     /// Pushes are owed, or subscriber lists are due to be compacted.

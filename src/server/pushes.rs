@@ -27,6 +27,9 @@ enum Delivered {
 impl Server {
     /// Delivers pushes owed, oldest first, while this turn's share of them lasts, and
     /// compacts the subscriber lists that are due.
+    // Kept out of line: inlined into `serve`, it crowded the echo's path out of the
+    // compiler's inlining budget (benches/instructions.sh).
+    #[inline(never)]
     pub(super) fn deliver_pushes(&mut self, now: Instant) {
         let Some(kv) = self.kv.as_mut() else {
             return;

@@ -28,14 +28,14 @@ impl Server {
         let handler: &mut dyn LineHandler = match self.kv.as_mut() {
             None => &mut *self.handler,
             Some(kv) => {
-                // Its changes' pushes are still being delivered: it is written to but not
-                // read, and comes back when they are.
-                held_back = kv.holds_back(key);
-                readiness.readable &= !held_back;
-                kv.serve(Client {
+                let client = Client {
                     key,
                     serial: connection.serial(),
-                });
+                };
+                held_back = kv.serve(client);
+                // Its changes' pushes are still being delivered: it is written to but not
+                // read, and comes back when they are.
+                readiness.readable &= !held_back;
                 kv
             }
         };
