@@ -15,6 +15,11 @@
 //!   reading: `--flappers` write `DO BINARY`/`DONT BINARY` pairs 64 KiB at a time, `--ayts`
 //!   write Are You There as fast. The polite client speaks telnet too.
 //!
+//! - `subscribers`: against a server run with `--kv`, `--subscribers` connections
+//!   subscribed to one bucket and a writer changing it `--puts-per-second` times a second,
+//!   every change fanned out to all of them. The polite client GETs a key of that bucket;
+//!   afterwards every subscriber's pushes are read and counted.
+//!
 //! Given the server's pid it reports the server's peak RSS. `benches/crowd.sh` runs it
 //! against kv_server and the tokio echoes side by side. An example, not an installed binary:
 //! `cargo build --release --example kv_crowd`.
@@ -77,6 +82,12 @@ struct Args {
     /// The server's pid: report its peak RSS
     #[arg(long)]
     server_pid: Option<u32>,
+    /// subscribers: connections subscribed to the bucket
+    #[arg(long, default_value_t = 10_000)]
+    subscribers: usize,
+    /// subscribers: changes to the bucket a second, each pushed to every subscriber
+    #[arg(long, default_value_t = 10.0)]
+    puts_per_second: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,6 +96,7 @@ enum Scenario {
     Storm,
     Scrapers,
     Telnet,
+    Subscribers,
 }
 
 /// How long read-back and connects may take before the run counts a failure.
@@ -123,8 +135,14 @@ fn run(args: &Args) -> io::Result<u64> {
             _ => Vec::new(),
         };
         let telnet = args.scenario == Scenario::Telnet;
+        let kv = args.scenario == Scenario::Subscribers;
+        let subscribers = if kv {
+            subscribe(args.addr, args.subscribers)?
+        } else {
+            Vec::new()
+        };
         let done_ref = &done;
-        let polite = scope.spawn(move || polite_client(args.addr, telnet, done_ref));
+        let polite = scope.spawn(move || polite_client(args.addr, telnet, kv, done_ref));
         let report = match args.scenario {
             Scenario::Crowd => {
                 push_all(&mut hogs, duration, duration);
@@ -194,6 +212,17 @@ fn run(args: &Args) -> io::Result<u64> {
                     args.flappers,
                     args.ayts,
                     sent.into_inner() / 1_000_000
+                )
+            }
+            Scenario::Subscribers => {
+                let puts = change_the_bucket(args.addr, args.puts_per_second, duration)?;
+                done.store(true, Ordering::SeqCst);
+                let (complete, short) = count_pushes(subscribers, puts);
+                errors += short as u64;
+                format!(
+                    "subscribers: {} got all {puts} pushes, {short} did not ({} pushes in all)",
+                    complete,
+                    puts * args.subscribers
                 )
             }
         };
@@ -316,7 +345,73 @@ fn print_turns(metrics: SocketAddr) -> io::Result<()> {
 
 /// Round trips of a 16-byte line until `done`: each one's latency. As a telnet client it
 /// first takes the server's offer, and ends its lines with CR LF.
-fn polite_client(addr: SocketAddr, telnet: bool, done: &AtomicBool) -> io::Result<Vec<Duration>> {
+/// With `--kv`: makes the bucket and the polite client's key, then `count` connections
+/// subscribed to it, each known to be subscribed (a GET after its SUBSCRIBE answered).
+fn subscribe(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpStream>> {
+    let mut setup = TcpStream::connect(addr)?;
+    setup.write_all(b"CREATE fanout\nPUT fanout polite 1\n")?;
+    let mut replies = [0u8; 8];
+    setup.read_exact(&mut replies)?;
+    let mut subscribers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.write_all(b"SUBSCRIBE fanout\nGET fanout polite\n")?;
+        subscribers.push(stream);
+    }
+    for stream in &mut subscribers {
+        let mut answer = [0u8; 7];
+        stream.set_read_timeout(Some(PATIENCE))?;
+        stream.read_exact(&mut answer)?;
+        if &answer != b"1\r\nOK\r\n" {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "subscribing failed"));
+        }
+    }
+    Ok(subscribers)
+}
+
+/// Changes the bucket `per_second` times a second for `duration`; returns how often.
+fn change_the_bucket(addr: SocketAddr, per_second: f64, duration: Duration) -> io::Result<usize> {
+    let mut writer = TcpStream::connect(addr)?;
+    writer.set_nodelay(true)?;
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / per_second);
+    let mut puts = 0;
+    while started.elapsed() < duration {
+        writer.write_all(format!("PUT fanout k {puts:08}\n").as_bytes())?;
+        let mut ok = [0u8; 4];
+        writer.read_exact(&mut ok)?;
+        puts += 1;
+        let next = interval * puts as u32;
+        if let Some(wait) = next.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    Ok(puts)
+}
+
+/// Reads every subscriber's pushes: how many got all `puts` of them, in order, and how
+/// many did not.
+fn count_pushes(subscribers: Vec<TcpStream>, puts: usize) -> (usize, usize) {
+    let expected: Vec<u8> = (0..puts)
+        .flat_map(|n| format!("k SET TO {n:08}\r\n").into_bytes())
+        .collect();
+    let (mut complete, mut short) = (0, 0);
+    for mut stream in subscribers {
+        let mut got = vec![0u8; expected.len()];
+        match stream.read_exact(&mut got) {
+            Ok(()) if got == expected => complete += 1,
+            _ => short += 1,
+        }
+    }
+    (complete, short)
+}
+
+fn polite_client(
+    addr: SocketAddr,
+    telnet: bool,
+    kv: bool,
+    done: &AtomicBool,
+) -> io::Result<Vec<Duration>> {
     // The load shares this core: at nice -10 the polite thread runs as soon as its echo
     // arrives, so that its wait is the server's, not the load generator's (as root only).
     // SAFETY: setpriority on this thread's own id changes nothing else.
@@ -337,6 +432,20 @@ fn polite_client(addr: SocketAddr, telnet: bool, done: &AtomicBool) -> io::Resul
         }
     }
     let mut latencies = Vec::with_capacity(1 << 20);
+    if kv {
+        // A GET of its own key, beside the fan-out: the same 7 bytes back every time.
+        let mut back = [0u8; 7];
+        while !done.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            stream.write_all(b"GET fanout polite\n")?;
+            stream.read_exact(&mut back)?;
+            latencies.push(started.elapsed());
+            if &back != b"1\r\nOK\r\n" {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "a GET went wrong"));
+            }
+        }
+        return Ok(latencies);
+    }
     let mut back = [0u8; 16];
     let mut round = 0u64;
     while !done.load(Ordering::Relaxed) {

@@ -13,7 +13,7 @@ use crate::warning::client_caused;
 /// The most pushes delivered in one turn: each is a write, some 2 us here, so a turn's
 /// pushes take about as long as a share of its reads ([`schedule::TURN_TIME`] bounds them
 /// too).
-const PUSHES_PER_TURN: usize = 256;
+const PUSHES_PER_TURN: usize = 64;
 
 /// What became of one push.
 enum Delivered {
