@@ -363,7 +363,10 @@ fn subscribe(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpStream>> {
         stream.set_read_timeout(Some(PATIENCE))?;
         stream.read_exact(&mut answer)?;
         if &answer != b"1\r\nOK\r\n" {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "subscribing failed"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "subscribing failed",
+            ));
         }
     }
     Ok(subscribers)
@@ -441,7 +444,10 @@ fn polite_client(
             stream.read_exact(&mut back)?;
             latencies.push(started.elapsed());
             if &back != b"1\r\nOK\r\n" {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "a GET went wrong"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a GET went wrong",
+                ));
             }
         }
         return Ok(latencies);

@@ -633,3 +633,79 @@ fn every_transport_takes_commands() {
     assert_eq!(telnet.line(), b"\xff\xffv\r\n");
     assert_eq!(telnet.line(), b"OK\r\n");
 }
+
+/// The metrics count each command by kind and result, and show what the store holds.
+#[test]
+fn the_metrics_count_commands_and_what_the_store_holds() {
+    let config = Config {
+        kv_max_bytes: 1000,
+        metrics: Some("127.0.0.1:0".parse().unwrap()),
+        ..kv_config()
+    };
+    let server = TestServer::start_with(config, Box::new(Echo));
+    let mut socket = client(&server);
+    socket.send(b"CREATE b\nCREATE b\nPUT b k v\nPUT nob k v\nGET b k\nGET b none\nGET nob k\n");
+    socket.send(b"DELETE b none\nSUBSCRIBE b\nPUT b k2 v2\nHELLO\n\n");
+    let mut long = vec![b'x'; 70_000];
+    long.push(b'\n');
+    socket.send(&long);
+    socket.send(format!("PUT b big {}\nGET b k\n", "v".repeat(900)).as_bytes());
+    let mut replies = Vec::new();
+    while !replies.ends_with(b"v\r\nOK\r\n") || replies.len() < 100 {
+        replies.extend(socket.line());
+    }
+    let metrics = scrape(server.metrics.unwrap());
+    let count = |command: &str, result: &str| {
+        metrics[&format!(r#"kv_server_kv_commands_total{{command="{command}",result="{result}"}}"#)]
+    };
+    assert_eq!(count("create", "ok"), 2.0);
+    assert_eq!(count("put", "ok"), 2.0);
+    assert_eq!(count("put", "not_found"), 1.0);
+    assert_eq!(count("put", "error"), 1.0);
+    assert_eq!(count("get", "ok"), 3.0);
+    assert_eq!(count("get", "not_found"), 1.0);
+    assert_eq!(count("delete", "ok"), 1.0);
+    assert_eq!(count("subscribe", "ok"), 1.0);
+    assert_eq!(count("unknown", "unknown_command"), 2.0);
+    assert_eq!(count("too_long", "error"), 1.0);
+    assert_eq!(metrics["kv_server_kv_buckets"], 1.0);
+    assert_eq!(metrics["kv_server_kv_keys"], 2.0);
+    // The bucket (160 and its name twice), two entries (64 and their bytes), a subscription.
+    assert_eq!(
+        metrics["kv_server_kv_stored_bytes"],
+        (162 + 66 + 68 + 48) as f64
+    );
+    assert_eq!(metrics["kv_server_kv_max_stored_bytes"], 1000.0);
+    assert_eq!(metrics["kv_server_kv_subscriptions"], 1.0);
+    assert_eq!(metrics[r#"kv_server_kv_pushes_total{result="sent"}"#], 1.0);
+    assert_eq!(metrics["kv_server_kv_pushes_owed"], 0.0);
+}
+
+/// Over TLS, pushes are sealed like replies: a subscriber gets another client's changes.
+#[test]
+fn pushes_reach_a_subscriber_over_tls() {
+    let pki = Pki::new("kv_push");
+    let config = Config {
+        tls: Some(pki.write_server(1)),
+        ..kv_config()
+    };
+    let server = TestServer::start_with(config, Box::new(Echo));
+    let client_config = tls::client_config(pki.ca_der(), None, None);
+    let mut subscriber = Client::new(tls::connect(server.addr, &client_config).unwrap());
+    assert_eq!(subscriber.send_and_recv(b"CREATE b\r\n"), "OK\r\n");
+    subscriber.send(b"SUBSCRIBE b\r\n");
+    assert_eq!(subscriber.send_and_recv(b"GET b k\r\n"), "\r\n");
+    assert_eq!(subscriber.line(), b"OK\r\n");
+    let mut writer = Client::new(tls::connect(server.addr, &client_config).unwrap());
+    for n in 0..20 {
+        assert_eq!(
+            writer.send_and_recv(format!("PUT b k {n}\r\n").as_bytes()),
+            "OK\r\n"
+        );
+    }
+    assert_eq!(writer.send_and_recv(b"DELETE b k\r\n"), "OK\r\n");
+    for n in 0..20 {
+        assert_eq!(subscriber.line(), format!("k SET TO {n}\r\n").as_bytes());
+    }
+    assert_eq!(subscriber.line(), b"k DELETED\r\n");
+}

@@ -20,8 +20,10 @@ use crate::metrics::endpoint::Requests;
 use crate::metrics::Snapshot;
 use crate::udp::{RepeatMemory, SourceRates};
 
+mod kv;
 mod tls;
 
+pub use kv::kv_commands;
 pub use tls::tls_records;
 
 /// Cut points in `0..=len`, sorted, drawn from `seed`: at most `count`.
@@ -443,6 +445,21 @@ mod tests {
                 // Flips in a record's legacy version, which rustls takes or refuses.
                 b"/:/5",
                 b"\x7a\xe1",
+            ],
+        );
+    }
+
+    #[test]
+    fn kv_commands_regressions() {
+        replay(
+            "kv_commands",
+            kv_commands,
+            &[
+                b"\x00\x00\x00\x00\x01\x00\x07\x02\x00\x00",
+                b"\xc5\x04\x01\x00\x01\x01\x30\x03\x01\x00\x45\x00\x01",
+                b"\x01\x00\x00\x00\x05\x00\xff\x05\x01\xfe\x06\x00\x00\x47\x00\x00",
+                &[0x3f; 90],
+                &[0x80; 60],
             ],
         );
     }

@@ -27,7 +27,7 @@ use crate::counters::{KvCommand, KvCounts, KvOutcome};
 use crate::handler::LineHandler;
 
 pub(crate) use fanout::Fanout;
-pub(crate) use store::{Client, Store};
+pub(crate) use store::{Client, Store, BUCKET_COST, ENTRY_COST, SUBSCRIPTION_COST};
 
 use grammar::Command;
 
