@@ -13,13 +13,19 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use rustls::crypto::ring::Ticketer;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ProducesTickets, ServerSessionMemoryCache, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 
+mod explaining;
+
+use explaining::ExplainingVerifier;
+
 /// The files TLS is configured from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TlsFiles {
     /// PEM: the server's certificate first, then any intermediates.
     pub cert: PathBuf,
@@ -28,6 +34,59 @@ pub struct TlsFiles {
     /// PEM: the roots a client's certificate must chain to; with it, every client must
     /// present one.
     pub client_ca: Option<PathBuf>,
+    /// DER: an OCSP response for the certificate, stapled to every handshake.
+    pub ocsp: Option<PathBuf>,
+}
+
+/// What every TLS configuration of a server shares, whatever its certificate: the ALPN
+/// protocols it offers, and the keys its session tickets are sealed with, which outlive a
+/// reload so that a ticket issued before SIGHUP still resumes after it.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub alpn: Vec<Vec<u8>>,
+    pub tickets: Arc<dyn ProducesTickets>,
+}
+
+impl Shared {
+    pub fn new(alpn: &[String]) -> Result<Shared, LoadError> {
+        let tickets =
+            Ticketer::new().map_err(|e| failed(Path::new("(session tickets)"), e.to_string()))?;
+        Ok(Shared {
+            alpn: alpn
+                .iter()
+                .map(|protocol| protocol.as_bytes().to_vec())
+                .collect(),
+            tickets,
+        })
+    }
+
+    /// What `config` was made with, for the next configuration to share.
+    pub fn of(config: &ServerConfig) -> Shared {
+        Shared {
+            alpn: config.alpn_protocols.clone(),
+            tickets: Arc::clone(&config.ticketer),
+        }
+    }
+}
+
+/// The crypto provider every configuration is built with.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Sessions kept for TLS 1.2 clients that resume by session ID rather than by ticket:
+/// rustls' default, a fixed cost of a few tens of KiB.
+const SESSION_CACHE_ENTRIES: usize = 256;
+
+/// What every configuration does alike: the server's own order of cipher suites (the most
+/// secure first, whatever the client prefers), stateless tickets with rotating keys, so
+/// that any number of clients resume, and the ALPN protocols.
+fn finish(mut config: ServerConfig, shared: &Shared) -> Arc<ServerConfig> {
+    config.ignore_client_order = true;
+    config.ticketer = Arc::clone(&shared.tickets);
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    config.alpn_protocols = shared.alpn.clone();
+    Arc::new(config)
 }
 
 /// A file that could not be used, and why.
@@ -53,8 +112,8 @@ fn failed(path: &Path, reason: impl Into<String>) -> LoadError {
 }
 
 /// Reads the files and builds the configuration every new TLS connection starts from.
-pub(crate) fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, LoadError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+pub(crate) fn load(files: &TlsFiles, shared: &Shared) -> Result<Arc<ServerConfig>, LoadError> {
+    let provider = provider();
     let chain = certificates(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         failed(
@@ -77,20 +136,55 @@ pub(crate) fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, LoadError> {
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| failed(path, e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(ExplainingVerifier { inner: verifier }))
         }
     };
-    let config = builder.with_single_cert(chain, key).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => failed(
-            &files.key,
-            format!(
-                "this key does not match the certificate in {}",
-                files.cert.display()
+    let ocsp = match &files.ocsp {
+        Some(path) => std::fs::read(path).map_err(|e| failed(path, e.to_string()))?,
+        None => Vec::new(),
+    };
+    let config = builder
+        .with_single_cert_with_ocsp(chain, key, ocsp)
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => failed(
+                &files.key,
+                format!(
+                    "this key does not match the certificate in {}",
+                    files.cert.display()
+                ),
             ),
-        ),
-        other => failed(&files.key, format!("unusable private key: {other}")),
-    })?;
-    Ok(Arc::new(config))
+            other => failed(&files.key, format!("unusable private key: {other}")),
+        })?;
+    Ok(finish(config, shared))
+}
+
+/// A certificate made at start-up for `names` (DNS names or IP addresses), with a fresh
+/// ECDSA P-256 key, valid for a year: for tests and trials, as ncat's `--ssl` makes one.
+/// Returns the configuration and the certificate's SHA-256 fingerprint, for a client to
+/// pin.
+pub(crate) fn self_signed(
+    names: &[String],
+    shared: &Shared,
+) -> Result<(Arc<ServerConfig>, String), LoadError> {
+    let made = rcgen::generate_simple_self_signed(names.to_vec())
+        .map_err(|e| failed(Path::new("(--tls-self-signed)"), e.to_string()))?;
+    let der = made.cert.der().clone();
+    let fingerprint = ring::digest::digest(&ring::digest::SHA256, &der)
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02X}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let key = PrivateKeyDer::Pkcs8(made.key_pair.serialize_der().into());
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .and_then(|builder| {
+            builder
+                .with_no_client_auth()
+                .with_single_cert(vec![der], key)
+        })
+        .map_err(|e| failed(Path::new("(--tls-self-signed)"), e.to_string()))?;
+    Ok((finish(config, shared), fingerprint))
 }
 
 /// Every certificate in a PEM file, at least one.

@@ -117,6 +117,15 @@ pub struct Config {
     pub udp_rate: u32,
     /// Every TCP and Unix connection speaks TLS, with these files; `None` is plaintext.
     pub tls: Option<crate::certificates::TlsFiles>,
+    /// Every TCP and Unix connection speaks TLS with a certificate made at start-up for
+    /// `tls_names` (and logged by its SHA-256 fingerprint); instead of `tls`.
+    pub tls_self_signed: bool,
+    /// With `tls_self_signed`: the names the certificate is for (DNS names or IP
+    /// addresses); empty: localhost and the address bound.
+    pub tls_names: Vec<String>,
+    /// With TLS: the ALPN protocols offered, in the server's order; a client that offers
+    /// protocols, none of them these, is refused (RFC 7301). Empty: no ALPN.
+    pub tls_alpn: Vec<String>,
     /// How long a TLS connection may take to complete its handshake (after its PROXY
     /// header, if any, within the same time).
     pub tls_handshake_timeout: Duration,
@@ -160,6 +169,9 @@ impl Default for Config {
             udp_rate: DEFAULT_UDP_RATE,
             proxy_header_timeout: DEFAULT_PROXY_HEADER_TIMEOUT,
             tls: None,
+            tls_self_signed: false,
+            tls_names: Vec::new(),
+            tls_alpn: Vec::new(),
             tls_handshake_timeout: DEFAULT_TLS_HANDSHAKE_TIMEOUT,
             metrics: None,
             metrics_timeout: DEFAULT_METRICS_TIMEOUT,
@@ -216,6 +228,23 @@ impl Config {
                 "--tcp-keepalive must be at least 1 second (or 0 for none)".into(),
             ));
         }
+        if self.tls_self_signed && self.tls.is_some() {
+            return Err(ConfigError(
+                "--tls-self-signed makes the certificate that --tls-cert would name: give \
+                 one or the other"
+                    .into(),
+            ));
+        }
+        if !self.speaks_tls() && !self.tls_alpn.is_empty() {
+            return Err(ConfigError(
+                "--tls-alpn needs TLS: --tls-cert or --tls-self-signed".into(),
+            ));
+        }
+        if let Some(bad) = self.tls_alpn.iter().find(|p| p.is_empty() || p.len() > 255) {
+            return Err(ConfigError(format!(
+                "--tls-alpn: '{bad}' is not a protocol name (1 to 255 bytes)"
+            )));
+        }
         if self.kv && self.udp {
             return Err(ConfigError(
                 "--kv answers commands on connections and --udp echoes datagrams: they \
@@ -230,6 +259,11 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// Connections speak TLS: with certificate files or a certificate made at start-up.
+    pub fn speaks_tls(&self) -> bool {
+        self.tls.is_some() || self.tls_self_signed
     }
 
     /// The connection limit in force: the configured one, or what the open-file limit allows.

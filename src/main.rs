@@ -257,6 +257,41 @@ struct Cli {
     #[arg(long, help_heading = "TLS", value_name = "PATH", requires = "tls_cert")]
     tls_client_ca: Option<std::path::PathBuf>,
 
+    /// Staple this OCSP response (DER)
+    ///
+    /// Sent with the certificate in every handshake, for clients that ask (openssl s_client
+    /// -status). SIGHUP reads it again with the other TLS files.
+    #[arg(long, help_heading = "TLS", value_name = "PATH", requires = "tls_cert")]
+    tls_ocsp: Option<std::path::PathBuf>,
+
+    /// Make a certificate at start-up
+    ///
+    /// For tests and trials, as ncat's --ssl does: an ECDSA P-256 certificate for the
+    /// --tls-name names, valid for a year, its SHA-256 fingerprint logged for clients to
+    /// pin. Not with --tls-cert.
+    #[arg(long, help_heading = "TLS", conflicts_with_all = ["tls_cert", "tls_key"])]
+    tls_self_signed: bool,
+
+    /// A name for --tls-self-signed's certificate
+    ///
+    /// A DNS name or an IP address (repeatable) [default: localhost and the address
+    /// bound, or 127.0.0.1 and ::1 when bound to all].
+    #[arg(
+        long,
+        help_heading = "TLS",
+        value_name = "NAME",
+        requires = "tls_self_signed"
+    )]
+    tls_name: Vec<String>,
+
+    /// Offer these ALPN protocols
+    ///
+    /// Comma-separated, in the server's order of preference (h2,http/1.1). A client that
+    /// offers protocols, none of them these, is refused with no_application_protocol (RFC
+    /// 7301); one that offers none is served.
+    #[arg(long, help_heading = "TLS", value_name = "LIST", value_delimiter = ',')]
+    tls_alpn: Vec<String>,
+
     /// Seconds to finish a handshake
     ///
     /// A TLS client that stalls, or speaks plaintext and waits, is closed then.
@@ -496,7 +531,11 @@ fn serve(cli: Cli) -> Result<Stopped, Failure> {
             cert,
             key,
             client_ca: cli.tls_client_ca,
+            ocsp: cli.tls_ocsp,
         }),
+        tls_self_signed: cli.tls_self_signed,
+        tls_names: cli.tls_name,
+        tls_alpn: cli.tls_alpn,
         tls_handshake_timeout: Duration::from_secs_f64(cli.tls_handshake_timeout),
         udp: cli.udp,
         unix: cli.unix,

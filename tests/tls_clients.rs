@@ -168,6 +168,7 @@ impl Files {
             cert: self.path(&cert),
             key: self.path(&key),
             client_ca: None,
+            ocsp: None,
         }
     }
 }
@@ -356,4 +357,75 @@ fn the_readme_certificate_commands_make_certificates_the_server_takes() {
         .args(["-CAfile", &path("ca.pem")])
         .args(["-cert", &path("client.pem"), "-key", &path("client.key")]);
     assert_eq!(round_trip(&mut client), LINES);
+}
+
+/// A version 1 client certificate, what `openssl x509 -req` makes without extensions, is
+/// refused (rustls takes only version 3), and the log names it and says how to reissue it.
+#[test]
+#[ignore = "needs openssl (apt-get install openssl); cargo test -- --include-ignored"]
+fn a_version_1_client_certificate_is_refused_with_a_hint_in_the_log() {
+    common::require_tool("openssl", "openssl");
+    let files = Files::new("v1");
+    files.authorities();
+    let tls = files.server("ecdsa-sec1");
+    files.ec_key("old.key");
+    files.openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "old.key",
+        "-subj",
+        "/CN=legacy device/O=Example",
+        "-out",
+        "old.csr",
+    ]);
+    files.openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "old.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "old.pem",
+    ]);
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(files.path("old.pem"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&text.stdout).contains("Version: 1 (0x0)"));
+    let server = common::ServerProcess::start(&[
+        "--tls-cert",
+        tls.cert.to_str().unwrap(),
+        "--tls-key",
+        tls.key.to_str().unwrap(),
+        "--tls-client-ca",
+        files.path("ca.pem").to_str().unwrap(),
+    ]);
+    let mut client = s_client(server.addr(), &files.path("ca.pem"), "-tls1_3");
+    client
+        .arg("-cert")
+        .arg(files.path("old.pem"))
+        .arg("-key")
+        .arg(files.path("old.key"));
+    let output = client
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"hello\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(!output.stdout.windows(5).any(|w| w == b"hello"));
+    let hint = server.wait_log("X.509 version 1");
+    assert!(hint.contains("CN=legacy device, O=Example"), "{hint}");
+    assert!(hint.contains("-extfile"), "{hint}");
 }

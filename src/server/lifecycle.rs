@@ -8,11 +8,26 @@ impl Server {
     /// SIGHUP: reads the TLS files again. New connections get what they say; established
     /// ones keep what they began with; a file that fails changes nothing.
     pub(super) fn reload_tls(&mut self) {
+        if self.config.tls_self_signed {
+            log::info!(
+                "Received SIGHUP; nothing to reload: the certificate of --tls-self-signed \
+                 lasts as long as the process"
+            );
+            return;
+        }
         let (Some(files), Some(counts)) = (&self.config.tls, self.tls_reloads.as_mut()) else {
             log::info!("Received SIGHUP; nothing to reload without --tls-cert");
             return;
         };
-        match certificates::load(files) {
+        // The ticket keys and ALPN carry over: a ticket issued before resumes after.
+        let Some(shared) = self
+            .connections
+            .tls()
+            .map(|tls| certificates::Shared::of(tls))
+        else {
+            return;
+        };
+        match certificates::load(files, &shared) {
             Ok(config) => {
                 self.connections.set_tls(config);
                 counts.reloads += 1;

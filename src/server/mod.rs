@@ -220,9 +220,7 @@ impl Server {
             (None, false) => None,
         };
         let mut connections = ConnectionTable::new(&config);
-        if let Some(files) = &config.tls {
-            let tls = certificates::load(files)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if let Some(tls) = tls_config(&config, acceptor.local_addr())? {
             connections.set_tls(tls);
         }
         Ok(Server {
@@ -239,7 +237,7 @@ impl Server {
             read_buffer: vec![0; config.read_buffer_bytes].into_boxed_slice(),
             scratch: Vec::new(),
             gathered: Vec::new(),
-            tls_plaintext: if config.tls.is_some() {
+            tls_plaintext: if config.speaks_tls() {
                 vec![0; TLS_PLAINTEXT_BYTES].into_boxed_slice()
             } else {
                 Box::default()
@@ -249,7 +247,7 @@ impl Server {
             turns: TurnTimes::default(),
             metrics,
             udp,
-            tls_reloads: config.tls.as_ref().map(|_| TlsCounts::default()),
+            tls_reloads: config.speaks_tls().then(TlsCounts::default),
             started: std::time::SystemTime::now(),
             config,
         })
@@ -288,7 +286,7 @@ impl Server {
     /// Makes SIGINT and SIGTERM shut the server down gracefully; a second one during the
     /// drain stops it at once. Meant for the binary: it takes over those signals process-wide.
     pub fn handle_signals(&mut self) -> io::Result<()> {
-        let reload = self.config.tls.is_some();
+        let reload = self.config.speaks_tls();
         self.shutdown.handle_signals(self.poll.registry(), reload)
     }
 
@@ -297,4 +295,38 @@ impl Server {
     pub fn notify_service_manager(&mut self, manager: ServiceManager) {
         self.shutdown.notify_service_manager(manager);
     }
+}
+
+/// The TLS configuration new connections start from: from the files, or a certificate made
+/// now for the names asked for (by default localhost and the address bound).
+fn tls_config(
+    config: &Config,
+    bound: SocketAddr,
+) -> io::Result<Option<std::sync::Arc<rustls::ServerConfig>>> {
+    let invalid = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+    if !config.speaks_tls() {
+        return Ok(None);
+    }
+    let shared = certificates::Shared::new(&config.tls_alpn).map_err(invalid)?;
+    if let Some(files) = &config.tls {
+        return certificates::load(files, &shared)
+            .map(Some)
+            .map_err(invalid);
+    }
+    let mut names = config.tls_names.clone();
+    if names.is_empty() {
+        names.push("localhost".to_owned());
+        if bound.ip().is_unspecified() {
+            names.extend(["127.0.0.1".to_owned(), "::1".to_owned()]);
+        } else {
+            names.push(bound.ip().to_string());
+        }
+    }
+    let (tls, fingerprint) = certificates::self_signed(&names, &shared).map_err(invalid)?;
+    log::info!(
+        "TLS with a self-signed certificate made now for {}; its SHA-256 fingerprint, for \
+         clients to pin: {fingerprint}",
+        names.join(", ")
+    );
+    Ok(Some(tls))
 }

@@ -87,7 +87,7 @@ impl ConnectionTable {
             budget: BufferBudget::new(config.max_buffered_bytes, config.read_buffer_bytes),
             per_address: config.max_connections_per_ip.map(AddressLimit::new),
             rules: AccessRules::new(config),
-            opening_timeout: if config.tls.is_some() {
+            opening_timeout: if config.speaks_tls() {
                 Some(config.tls_handshake_timeout)
             } else {
                 proxy.any().then_some(config.proxy_header_timeout)
@@ -220,6 +220,11 @@ impl ConnectionTable {
         if let Some(idle) = self.idle.as_mut() {
             idle.touch(&mut self.slab, key, now);
         }
+    }
+
+    /// The TLS configuration new connections start from, if any.
+    pub fn tls(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.tls.as_ref()
     }
 
     /// From now on new connections speak TLS with `config`; those already open keep theirs.

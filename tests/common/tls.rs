@@ -74,6 +74,7 @@ impl Pki {
             cert: self.dir.join("server.pem"),
             key: self.dir.join("server.key"),
             client_ca: None,
+            ocsp: None,
         }
     }
 
