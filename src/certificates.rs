@@ -166,16 +166,26 @@ pub(crate) fn self_signed(
     names: &[String],
     shared: &Shared,
 ) -> Result<(Arc<ServerConfig>, String), LoadError> {
-    let made = rcgen::generate_simple_self_signed(names.to_vec())
-        .map_err(|e| failed(Path::new("(--tls-self-signed)"), e.to_string()))?;
-    let der = made.cert.der().clone();
+    let invalid = |e: rcgen::Error| failed(Path::new("(--tls-self-signed)"), e.to_string());
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(invalid)?;
+    let (year, month, day) = civil_date(std::time::SystemTime::now());
+    // From yesterday, so that a client whose clock is a little behind takes it, for a year.
+    params.not_before =
+        rcgen::date_time_ymd(year, month, day) - std::time::Duration::from_secs(86_400);
+    params.not_after = rcgen::date_time_ymd(year + 1, month, day.min(28));
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "kv_server self-signed");
+    let key_pair = rcgen::KeyPair::generate().map_err(invalid)?;
+    let cert = params.self_signed(&key_pair).map_err(invalid)?;
+    let der = cert.der().clone();
     let fingerprint = ring::digest::digest(&ring::digest::SHA256, &der)
         .as_ref()
         .iter()
         .map(|byte| format!("{byte:02X}"))
         .collect::<Vec<_>>()
         .join(":");
-    let key = PrivateKeyDer::Pkcs8(made.key_pair.serialize_der().into());
+    let key = PrivateKeyDer::Pkcs8(key_pair.serialize_der().into());
     let config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .and_then(|builder| {
@@ -206,5 +216,43 @@ fn pem_reason(error: pem::Error, none_found: &str) -> String {
         pem::Error::Io(e) => e.to_string(),
         pem::Error::NoItemsFound if !none_found.is_empty() => none_found.to_owned(),
         other => format!("not valid PEM: {other:?}"),
+    }
+}
+
+/// The calendar date (UTC) of `time`: year, month (1-12), day (1-31).
+fn civil_date(time: std::time::SystemTime) -> (i32, u8, u8) {
+    let seconds = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    // Howard Hinnant's days_from_civil, inverted: eras of 400 years from 0000-03-01.
+    let days = (seconds / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year as i32, month as u8, day as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        let at = |seconds| std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+        assert_eq!(civil_date(at(0)), (1970, 1, 1));
+        assert_eq!(civil_date(at(951_782_400)), (2000, 2, 29));
+        assert_eq!(civil_date(at(1_796_256_000)), (2026, 12, 3));
+        assert_eq!(civil_date(at(1_798_761_599)), (2026, 12, 31));
+        assert_eq!(civil_date(at(1_798_761_600)), (2027, 1, 1));
     }
 }
