@@ -459,6 +459,10 @@ fn shell_completions_complete_the_options() {
             "--tls-cert",
             "--tls-key",
             "--tls-client-ca",
+            "--tls-ocsp",
+            "--tls-self-signed",
+            "--tls-name",
+            "--tls-alpn",
             "--tls-handshake-timeout"
         ]
     );
