@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # TLS side by side: kv_server --tls-cert against what a Rust user would write, a tokio +
-# tokio-rustls echo with the same crypto provider (ring) and protocol versions
+# tokio-rustls echo with the same crypto provider (aws-lc-rs) and protocol versions
 # (benches/baselines, "tokio_rustls"), each pinned to CPU 0 with the client on CPU 1, taking
 # turns within each round. Certificates are made here by openssl: an ECDSA P-256 key, or
 # RSA-2048 with KEY=rsa.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The scratch image as it would run, where no container runtime does: the binary is
 # static; the image holds nothing else, runs as 65534:65534, exposes 4040 TCP and UDP, is
-# labelled, and is at most 4 MB; mounted, its entrypoint runs as its user in its own root,
+# labelled, and is at most 6.5 MB (the TLS provider, aws-lc, is 2.2 MB of it); mounted, its entrypoint runs as its user in its own root,
 # echoes a line and stops on SIGTERM. Needs root and buildah (apt-get install buildah).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ for label in source version licenses; do
 done
 size=$(b images --format '{{.Size}}' "$tag")
 bytes=$(stat -c %s "$binary")
-(( bytes <= 4000000 )) || fail "the binary alone is $bytes bytes, over 4 MB"
+(( bytes <= 6500000 )) || fail "the binary alone is $bytes bytes, over 6.5 MB"
 echo "image $tag: $size, binary $bytes bytes, user 65534:65534, exposes $ports"
 
 container=$(b from "$tag")

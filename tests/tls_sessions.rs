@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::tls::{self as tls, Pki};
 use common::{ServerProcess, TestServer};
 use kv_server::{Config, Echo};
-use rustls::crypto::ring::cipher_suite;
+use rustls::crypto::aws_lc_rs::cipher_suite;
 use rustls::HandshakeKind;
 
 fn tls_server(pki: &Pki, configure: impl FnOnce(&mut Config)) -> TestServer {
@@ -26,7 +26,7 @@ fn tls_server(pki: &Pki, configure: impl FnOnce(&mut Config)) -> TestServer {
 fn preferring(pki: &Pki, suites: Vec<rustls::SupportedCipherSuite>) -> Arc<rustls::ClientConfig> {
     let provider = rustls::crypto::CryptoProvider {
         cipher_suites: suites,
-        ..rustls::crypto::ring::default_provider()
+        ..rustls::crypto::aws_lc_rs::default_provider()
     };
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_der()).unwrap();
@@ -211,7 +211,7 @@ impl rustls::client::danger::ServerCertVerifier for Stapled {
 fn stapled(pki: &Pki, addr: std::net::SocketAddr) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.ca_der()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
         Arc::clone(&provider),
@@ -295,7 +295,7 @@ fn pinned_by_fingerprint(fingerprint: &str) -> Arc<rustls::ClientConfig> {
             _: &[u8],
             _: rustls::pki_types::UnixTime,
         ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            let digest = ring::digest::digest(&ring::digest::SHA256, end_entity);
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity);
             let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
             if hex.join(":") == self.0 {
                 Ok(rustls::client::danger::ServerCertVerified::assertion())
@@ -337,7 +337,7 @@ fn pinned_by_fingerprint(fingerprint: &str) -> Arc<rustls::ClientConfig> {
             self.1.signature_verification_algorithms.supported_schemes()
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -345,4 +345,43 @@ fn pinned_by_fingerprint(fingerprint: &str) -> Arc<rustls::ClientConfig> {
         .with_custom_certificate_verifier(Arc::new(Pin(fingerprint.to_owned(), provider)))
         .with_no_client_auth();
     Arc::new(config)
+}
+
+/// A client configuration trusting the test CA that offers only `group` for key exchange.
+fn only_group(
+    pki: &Pki,
+    group: &'static dyn rustls::crypto::SupportedKxGroup,
+) -> Arc<rustls::ClientConfig> {
+    let provider = rustls::crypto::CryptoProvider {
+        kx_groups: vec![group],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// The hybrid post-quantum key exchange that Chrome, Firefox and Cloudflare use by default
+/// is offered, and preferred: a client offering nothing else is served with it, and a
+/// client offering it beside X25519 agrees on it.
+#[test]
+fn a_client_limited_to_the_post_quantum_hybrid_completes_a_handshake() {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    let pki = Pki::new("hybrid");
+    let server = tls_server(&pki, |_| {});
+    let mut hybrid =
+        tls::connect(server.addr, &only_group(&pki, kx_group::X25519MLKEM768)).unwrap();
+    tls::assert_echo(&mut hybrid, b"post-quantum\n");
+    let group = hybrid.conn.negotiated_key_exchange_group().unwrap().name();
+    assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
+    let mut classic = tls::connect(server.addr, &only_group(&pki, kx_group::X25519)).unwrap();
+    tls::assert_echo(&mut classic, b"classic\n");
+    let default = tls::connect(server.addr, &tls::client_config(pki.ca_der(), None, None)).unwrap();
+    let group = default.conn.negotiated_key_exchange_group().unwrap().name();
+    assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
 }

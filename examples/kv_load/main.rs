@@ -286,7 +286,7 @@ fn tls_config(path: &std::path::Path) -> io::Result<std::sync::Arc<rustls::Clien
             certificate.map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
         roots.add(certificate).map_err(io::Error::other)?;
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(io::Error::other)?

@@ -176,7 +176,7 @@ mod fixture {
     const KEY: &str = include_str!("../../fuzz/tls/key.pem");
 
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider())
     }
 
     pub fn server() -> Arc<rustls::ServerConfig> {

@@ -108,7 +108,7 @@ pub fn client_config(
 ) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots.add(ca).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = match version {
         Some(version) => vec![version],
         None => vec![&rustls::version::TLS13, &rustls::version::TLS12],
