@@ -369,8 +369,10 @@ fn sighup_reloads_for_new_connections_and_a_broken_file_changes_nothing() {
         "--tls-key",
         files.key.to_str().unwrap(),
     ]);
-    let config = tls::client_config(pki.ca_der(), None, None);
-    let mut established = tls::connect(server.addr(), &config).expect("handshake");
+    // Each connection with a client of its own: one that resumed a session would be shown
+    // the certificate of the session it resumed (tickets outlive a reload).
+    let config = || tls::client_config(pki.ca_der(), None, None);
+    let mut established = tls::connect(server.addr(), &config()).expect("handshake");
     assert_eq!(tls::served_certificate(&established), first);
 
     // Renewed: same name, new key, new serial.
@@ -379,7 +381,7 @@ fn sighup_reloads_for_new_connections_and_a_broken_file_changes_nothing() {
     assert_ne!(renewed, first);
     server.signal(libc::SIGHUP);
     server.wait_log("reloaded");
-    let fresh = tls::connect(server.addr(), &config).expect("handshake");
+    let fresh = tls::connect(server.addr(), &config()).expect("handshake");
     assert_eq!(tls::served_certificate(&fresh), renewed);
     tls::assert_echo(&mut established, b"still echoing on the old one\n");
 
@@ -390,7 +392,7 @@ fn sighup_reloads_for_new_connections_and_a_broken_file_changes_nothing() {
     let line = server.wait_log("not reloaded");
     assert!(line.contains("ERROR"), "{line}");
     assert!(line.contains(files.key.to_str().unwrap()), "{line}");
-    let after = tls::connect(server.addr(), &config).expect("handshake");
+    let after = tls::connect(server.addr(), &config()).expect("handshake");
     assert_eq!(tls::served_certificate(&after), renewed);
     // A certificate that no longer matches its key is refused too.
     std::fs::write(&files.key, good_key).unwrap();
@@ -399,7 +401,7 @@ fn sighup_reloads_for_new_connections_and_a_broken_file_changes_nothing() {
     server.signal(libc::SIGHUP);
     let line = server.wait_log("not reloaded");
     assert!(line.contains("does not match"), "{line}");
-    let mut last = tls::connect(server.addr(), &config).expect("handshake");
+    let mut last = tls::connect(server.addr(), &config()).expect("handshake");
     assert_eq!(tls::served_certificate(&last), renewed);
     tls::assert_echo(&mut last, b"served\n");
     tls::assert_echo(&mut established, b"and the first one too\n");
