@@ -429,3 +429,35 @@ fn a_version_1_client_certificate_is_refused_with_a_hint_in_the_log() {
     assert!(hint.contains("CN=legacy device, O=Example"), "{hint}");
     assert!(hint.contains("-extfile"), "{hint}");
 }
+
+/// `--tls-self-signed` logs the SHA-256 fingerprint of the certificate it made, and that is
+/// the fingerprint of the certificate `openssl s_client` is shown.
+#[test]
+#[ignore = "needs openssl (apt-get install openssl); cargo test -- --include-ignored"]
+fn the_self_signed_fingerprint_logged_is_what_openssl_s_client_sees() {
+    common::require_tool("openssl", "openssl");
+    let server = common::ServerProcess::start(&["--tls-self-signed"]);
+    let line = server
+        .startup_log
+        .iter()
+        .find(|line| line.contains("fingerprint"))
+        .cloned()
+        .unwrap_or_else(|| server.wait_log("fingerprint"));
+    assert!(line.contains("localhost, 127.0.0.1"), "{line}");
+    let logged = line.rsplit(' ').next().unwrap().to_owned();
+    let shown = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{} -servername localhost </dev/null 2>/dev/null \
+             | openssl x509 -noout -fingerprint -sha256",
+            server.port
+        ))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8(shown.stdout).unwrap();
+    assert_eq!(
+        shown.trim(),
+        format!("sha256 Fingerprint={logged}"),
+        "{line}"
+    );
+}
