@@ -31,7 +31,7 @@ use crate::accept::{self, Acceptor, Arrival, ServiceSockets};
 use crate::certificates;
 use crate::config::Config;
 use crate::connection::{panic_message, Connection, Fault, ReadOutcome, Turn};
-use crate::counters::{CloseReason, KvCounts, TlsCounts, Traffic, TurnTimes, UdpCounts};
+use crate::counters::{CloseReason, TlsCounts, Traffic, TurnTimes};
 use crate::handler::{Echo, LineHandler};
 use crate::kv::{Client, Kv};
 use crate::metrics::endpoint::MetricsEndpoint;

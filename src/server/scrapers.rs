@@ -3,6 +3,8 @@
 
 use super::*;
 
+use crate::counters::{AcceptCounts, BufferGauges, ClosedCounts};
+
 impl Server {
     /// Answers a metrics scraper from a snapshot taken when its request is complete.
     pub(super) fn serve_scraper(&mut self, token: Token, now: Instant) {
@@ -26,57 +28,52 @@ impl Server {
         &mut self,
         serve: impl FnOnce(&mut MetricsEndpoint, &Registry, &mut dyn FnMut() -> Snapshot),
     ) {
+        let counted = self.counted();
         let Some(metrics) = self.metrics.as_mut() else {
             return;
         };
         let (acceptor, connections) = (&self.acceptor, &self.connections);
-        let (traffic, turns, started) = (self.traffic, self.turns, self.started);
-        let udp = self.udp.as_ref().map(UdpEcho::counts);
-        let tls = self.tls_reloads;
-        let kv = self.kv.as_ref().map(Kv::counts);
-        let mut snapshot =
-            || take_snapshot(acceptor, connections, traffic, turns, started, udp, tls, kv);
+        let mut snapshot = || take_snapshot(acceptor, connections, counted);
         serve(metrics, self.poll.registry(), &mut snapshot);
     }
 
     pub(super) fn snapshot(&self) -> Snapshot {
-        take_snapshot(
-            &self.acceptor,
-            &self.connections,
-            self.traffic,
-            self.turns,
-            self.started,
-            self.udp.as_ref().map(UdpEcho::counts),
-            self.tls_reloads,
-            self.kv.as_ref().map(Kv::counts),
-        )
+        take_snapshot(&self.acceptor, &self.connections, self.counted())
+    }
+
+    /// What the server counts beside the acceptor and the connection table; the rest of
+    /// the snapshot is theirs (see [`take_snapshot`]).
+    fn counted(&self) -> Snapshot {
+        Snapshot {
+            accepts: AcceptCounts::default(),
+            open: [0; Transport::ALL.len()],
+            closed: ClosedCounts::default(),
+            traffic: self.traffic,
+            buffers: BufferGauges::default(),
+            turns: self.turns,
+            start_time: self.started,
+            udp: self.udp.as_ref().map(UdpEcho::counts),
+            tls: self.tls_reloads,
+            kv: self.kv.as_ref().map(Kv::counts),
+        }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `counted` completed with what the acceptor and the connection table know now.
 pub(super) fn take_snapshot(
     acceptor: &Acceptor,
     connections: &ConnectionTable,
-    traffic: Traffic,
-    turns: TurnTimes,
-    start_time: std::time::SystemTime,
-    udp: Option<UdpCounts>,
-    tls: Option<TlsCounts>,
-    kv: Option<KvCounts>,
+    counted: Snapshot,
 ) -> Snapshot {
     Snapshot {
         accepts: acceptor.counts(),
         open: connections.open_by_transport(),
         closed: connections.closed(),
-        traffic,
         buffers: connections.buffer_gauges(),
-        turns,
-        start_time,
-        udp,
-        kv,
-        tls: tls.map(|counts| TlsCounts {
+        tls: counted.tls.map(|counts| TlsCounts {
             failures: connections.tls_failures(),
             ..counts
         }),
+        ..counted
     }
 }
