@@ -14,23 +14,32 @@ summary() {
     echo "$1: $passed passed, $failed failed"
     ((failed == 0))
 }
+# `start_logged LOG COMMAND...` starts COMMAND (a kv_server listening on a port it logs),
+# its stderr in LOG; sets started (its pid) and port once it accepts, or fails with its
+# log.
+start_logged() {
+    local log=$1; shift
+    "$@" >/dev/null 2>"$log" &
+    started=$!
+    for _ in $(seq 100); do
+        port=$(sed -n 's/.*Accepting connections on port \([0-9]*\).*/\1/p' "$log")
+        [[ -n $port ]] && return
+        sleep 0.1
+    done
+    cat "$log" >&2
+    return 1
+}
 # `serves_one_line LINE COMMAND...` starts COMMAND (a kv_server listening on a port it
 # logs), sends LINE, checks the echo, stops it with SIGTERM and checks it exits cleanly
 # with its shutdown line. Says what went wrong and fails otherwise.
 serves_one_line() {
     local line=$1; shift
-    local log port="" server echoed status=0
+    local log port="" server started echoed status=0
     log=$(mktemp)
-    "$@" 2>"$log" &
-    server=$!
-    for _ in $(seq 100); do
-        port=$(sed -n 's/.*Accepting connections on port \([0-9]*\).*/\1/p' "$log")
-        [[ -n $port ]] && break
-        sleep 0.1
-    done
-    if [[ -z $port ]]; then
-        echo "not listening: $(cat "$log")" >&2; kill "$server" 2>/dev/null; rm -f "$log"; return 1
+    if ! start_logged "$log" "$@"; then
+        echo "not listening" >&2; kill "$started" 2>/dev/null; rm -f "$log"; return 1
     fi
+    server=$started
     exec 3<>"/dev/tcp/127.0.0.1/$port"
     printf '%s\n' "$line" >&3
     read -r -t 10 echoed <&3 || echoed="(nothing)"

@@ -51,15 +51,8 @@ source tests/checks.sh
 # Starts the server with the given options on a free port; sets $port.
 start_server() {
     : >"$log"
-    "$KV_SERVER" --bind 127.0.0.1 --port 0 "$@" 2>"$log" &
-    server=$!
-    for _ in $(seq 100); do
-        port="$(sed -n 's/.*Accepting connections on port \([0-9]*\).*/\1/p' "$log")"
-        [[ -n "$port" ]] && return
-        sleep 0.1
-    done
-    cat "$log" >&2
-    return 1
+    start_logged "$log" "$KV_SERVER" --bind 127.0.0.1 --port 0 "$@"
+    server=$started
 }
 
 stop_server() {
@@ -129,18 +122,24 @@ session() {
     else
         type_line "after interrupt" || ok=1
     fi
-    local expected got
-    expected="$(printf '%s\n' "$@")"
-    got="$(screen_from "hello plain")"
-    if [[ "$got" != "$expected" ]]; then
-        echo "the screen of '$command':"
-        printf '%s\n' "$got" | sed 's/$/|/'
-        echo "but a person should see:"
-        printf '%s\n' "$expected" | sed 's/$/|/'
-        ok=1
-    fi
+    screen_shows "$command" "hello plain" "$@" || ok=1
     screen_tmux kill-server 2>/dev/null || true
     return "$ok"
+}
+
+# screen_shows COMMAND FIRST LINES...: whether the client's screen, from the line FIRST on,
+# shows exactly LINES; if not, says what it shows.
+screen_shows() {
+    local command=$1 first=$2 expected got
+    shift 2
+    expected="$(printf '%s\n' "$@")"
+    got="$(screen_from "$first")"
+    [[ "$got" == "$expected" ]] && return
+    echo "the screen of '$command':"
+    printf '%s\n' "$got" | sed 's/$/|/'
+    echo "but a person should see:"
+    printf '%s\n' "$expected" | sed 's/$/|/'
+    return 1
 }
 
 both_lines=("hello plain" "hello plain" "héllo wörld ✓" "héllo wörld ✓")
@@ -216,17 +215,9 @@ kv_session() {
     exec 3>&-
     wait_for_screen_line "milk SET TO 1" 1 || ok=1
     type_command "UNKNOWN COMMAND" 1 "HELLO" || ok=1
-    local expected got
-    expected="$(printf '%s\n' "CREATE shopping" OK "PUT shopping eggs 3" OK \
-        "GET shopping eggs" 3 OK "SUBSCRIBE shopping" "milk SET TO 1" HELLO "UNKNOWN COMMAND")"
-    got="$(screen_from "CREATE shopping")"
-    if [[ "$got" != "$expected" ]]; then
-        echo "the screen of '$command':"
-        printf '%s\n' "$got" | sed 's/$/|/'
-        echo "but a person should see:"
-        printf '%s\n' "$expected" | sed 's/$/|/'
+    screen_shows "$command" "CREATE shopping" "CREATE shopping" OK "PUT shopping eggs 3" OK \
+        "GET shopping eggs" 3 OK "SUBSCRIBE shopping" "milk SET TO 1" HELLO "UNKNOWN COMMAND" ||
         ok=1
-    fi
     screen_tmux kill-server 2>/dev/null || true
     stop_server
     return "$ok"

@@ -39,24 +39,14 @@ trap cleanup EXIT
     done
 )
 
-# Starts the server with a certificate kind on a free port; sets port.
-start() {
-    local kind=$1 log="$dir/$1.log"
-    "$KV_SERVER" --bind 127.0.0.1 --port 0 --tls-cert "$dir/$kind.pem" --tls-key "$dir/$kind.key" \
-        >/dev/null 2>"$log" &
-    pids+=($!)
-    for _ in $(seq 100); do
-        port="$(sed -n 's/.*Accepting connections on port \([0-9]*\).*/\1/p' "$log")"
-        [[ -n "$port" ]] && return
-        sleep 0.1
-    done
-    cat "$log" >&2
-    return 1
-}
+# shellcheck source=tests/checks.sh
+source tests/checks.sh
 
 scans=()
 for kind in ecdsa rsa; do
-    start "$kind"
+    start_logged "$dir/$kind.log" "$KV_SERVER" --bind 127.0.0.1 --port 0 \
+        --tls-cert "$dir/$kind.pem" --tls-key "$dir/$kind.key"
+    pids+=("$started")
     testssl --quiet --color 0 --warnings batch --add-ca "$dir/ca.pem" \
         --jsonfile "$dir/$kind.json" "127.0.0.1:$port" >"$dir/$kind.txt" 2>&1 &
     scans+=($!)

@@ -437,12 +437,7 @@ fn a_version_1_client_certificate_is_refused_with_a_hint_in_the_log() {
 fn the_self_signed_fingerprint_logged_is_what_openssl_s_client_sees() {
     common::require_tool("openssl", "openssl");
     let server = common::ServerProcess::start(&["--tls-self-signed"]);
-    let line = server
-        .startup_log
-        .iter()
-        .find(|line| line.contains("fingerprint"))
-        .cloned()
-        .unwrap_or_else(|| server.wait_log("fingerprint"));
+    let line = server.log_line("fingerprint");
     assert!(line.contains("localhost, 127.0.0.1"), "{line}");
     let logged = line.rsplit(' ').next().unwrap().to_owned();
     let shown = Command::new("sh")

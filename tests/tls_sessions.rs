@@ -22,20 +22,33 @@ fn tls_server(pki: &Pki, configure: impl FnOnce(&mut Config)) -> TestServer {
     TestServer::start_with(config, Box::new(Echo))
 }
 
+/// A client configuration trusting the test CA, with `provider` and `versions`.
+fn client_with(
+    pki: &Pki,
+    provider: rustls::crypto::CryptoProvider,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
 /// A client configuration like `tls::client_config`'s, with these suites in this order.
 fn preferring(pki: &Pki, suites: Vec<rustls::SupportedCipherSuite>) -> Arc<rustls::ClientConfig> {
     let provider = rustls::crypto::CryptoProvider {
         cipher_suites: suites,
         ..rustls::crypto::aws_lc_rs::default_provider()
     };
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
+    client_with(
+        pki,
+        provider,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    )
 }
 
 #[test]
@@ -163,25 +176,34 @@ fn alpn_agrees_refuses_a_client_with_none_of_ours_and_serves_one_offering_none()
     assert!(error.contains("NoApplicationProtocol"), "{error}");
 }
 
-/// Keeps the OCSP response the server staples.
-#[derive(Debug)]
-struct Stapled {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
-    seen: std::sync::Mutex<Vec<u8>>,
+/// What a test's server certificate verifier checks of the certificate and the stapled
+/// OCSP response; handshake signatures are verified as rustls does.
+type Check = dyn Fn(&rustls::pki_types::CertificateDer<'_>, &[u8]) -> Result<(), rustls::Error>
+    + Send
+    + Sync;
+
+struct Checking {
+    check: Box<Check>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
-impl rustls::client::danger::ServerCertVerifier for Stapled {
+impl std::fmt::Debug for Checking {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Checking")
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for Checking {
     fn verify_server_cert(
         &self,
         end_entity: &rustls::pki_types::CertificateDer<'_>,
-        intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        server_name: &rustls::pki_types::ServerName<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
         ocsp_response: &[u8],
-        now: rustls::pki_types::UnixTime,
+        _: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        *self.seen.lock().unwrap() = ocsp_response.to_vec();
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, &[], now)
+        (self.check)(end_entity, ocsp_response)?;
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -190,7 +212,8 @@ impl rustls::client::danger::ServerCertVerifier for Stapled {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -199,39 +222,64 @@ impl rustls::client::danger::ServerCertVerifier for Stapled {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
-/// The OCSP response a fresh connection is stapled.
-fn stapled(pki: &Pki, addr: std::net::SocketAddr) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der()).unwrap();
+/// A client configuration whose server certificates `check` judges.
+fn checking(check: Box<Check>) -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::clone(&provider),
-    )
-    .build()
-    .unwrap();
-    let verifier = Arc::new(Stapled {
-        inner,
-        seen: Default::default(),
-    });
+    let verifier = Checking {
+        check,
+        provider: Arc::clone(&provider),
+    };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::clone(&verifier) as _)
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
-    let mut stream = tls::connect(addr, &Arc::new(config)).unwrap();
+    Arc::new(config)
+}
+
+/// The OCSP response a fresh connection is stapled (the certificate taken as it comes: the
+/// other tests check it).
+fn stapled(addr: std::net::SocketAddr) -> Vec<u8> {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = Arc::clone(&seen);
+    let config = checking(Box::new(move |_, ocsp| {
+        *keep.lock().unwrap() = ocsp.to_vec();
+        Ok(())
+    }));
+    let mut stream = tls::connect(addr, &config).unwrap();
     tls::assert_echo(&mut stream, b"stapled\n");
-    let seen = verifier.seen.lock().unwrap().clone();
+    let seen = seen.lock().unwrap().clone();
     seen
+}
+
+/// A client configuration that accepts exactly the certificate with this SHA-256
+/// fingerprint (colon-separated hex), and no other.
+fn pinned_by_fingerprint(fingerprint: &str) -> Arc<rustls::ClientConfig> {
+    let pin = fingerprint.to_owned();
+    checking(Box::new(move |end_entity, _| {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity);
+        let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+        if hex.join(":") == pin {
+            Ok(())
+        } else {
+            Err(rustls::Error::General(format!(
+                "fingerprint {} is not {pin}",
+                hex.join(":")
+            )))
+        }
+    }))
 }
 
 #[test]
@@ -249,27 +297,19 @@ fn the_ocsp_response_is_stapled_and_reloaded_on_sighup() {
         ocsp.to_str().unwrap(),
     ]);
     assert_eq!(
-        stapled(&pki, server.addr()),
+        stapled(server.addr()),
         b"\x30\x03\x0a\x01\x00 first response"
     );
     std::fs::write(&ocsp, b"\x30\x03\x0a\x01\x00 renewed").unwrap();
     server.signal(libc::SIGHUP);
     server.wait_log("reloaded");
-    assert_eq!(
-        stapled(&pki, server.addr()),
-        b"\x30\x03\x0a\x01\x00 renewed"
-    );
+    assert_eq!(stapled(server.addr()), b"\x30\x03\x0a\x01\x00 renewed");
 }
 
 #[test]
 fn a_self_signed_certificate_is_made_and_its_logged_fingerprint_is_what_clients_see() {
     let server = ServerProcess::start(&["--tls-self-signed", "--tls-name", "kv.test"]);
-    let line = server
-        .startup_log
-        .iter()
-        .find(|line| line.contains("fingerprint"))
-        .cloned()
-        .unwrap_or_else(|| server.wait_log("fingerprint"));
+    let line = server.log_line("fingerprint");
     assert!(line.contains("made now for kv.test"), "{line}");
     let logged = line.rsplit(' ').next().unwrap().to_owned();
     // A client that trusts that one certificate, as a pinning client does.
@@ -281,73 +321,8 @@ fn a_self_signed_certificate_is_made_and_its_logged_fingerprint_is_what_clients_
     tls::assert_echo(&mut stream, b"pinned\n");
 }
 
-/// A client configuration that accepts exactly the certificate with this SHA-256
-/// fingerprint (colon-separated hex), and no other.
-fn pinned_by_fingerprint(fingerprint: &str) -> Arc<rustls::ClientConfig> {
-    #[derive(Debug)]
-    struct Pin(String, Arc<rustls::crypto::CryptoProvider>);
-    impl rustls::client::danger::ServerCertVerifier for Pin {
-        fn verify_server_cert(
-            &self,
-            end_entity: &rustls::pki_types::CertificateDer<'_>,
-            _: &[rustls::pki_types::CertificateDer<'_>],
-            _: &rustls::pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity);
-            let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
-            if hex.join(":") == self.0 {
-                Ok(rustls::client::danger::ServerCertVerified::assertion())
-            } else {
-                Err(rustls::Error::General(format!(
-                    "fingerprint {} is not {}",
-                    hex.join(":"),
-                    self.0
-                )))
-            }
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls::pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.1.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls::pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.1.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.1.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pin(fingerprint.to_owned(), provider)))
-        .with_no_client_auth();
-    Arc::new(config)
-}
-
-/// A client configuration trusting the test CA that offers only `group` for key exchange.
+/// A TLS 1.3 client configuration trusting the test CA that offers only `group` for key
+/// exchange.
 fn only_group(
     pki: &Pki,
     group: &'static dyn rustls::crypto::SupportedKxGroup,
@@ -356,14 +331,7 @@ fn only_group(
         kx_groups: vec![group],
         ..rustls::crypto::aws_lc_rs::default_provider()
     };
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(config)
+    client_with(pki, provider, &[&rustls::version::TLS13])
 }
 
 /// The hybrid post-quantum key exchange that Chrome, Firefox and Cloudflare use by default

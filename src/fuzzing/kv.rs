@@ -107,32 +107,25 @@ fn answer_stream(kv: &mut Kv, reads: &[&[u8]], max: usize) -> Vec<u8> {
     let mut in_long_line = false;
     let mut replies = Vec::new();
     let mut scratch = Vec::new();
-    for read in reads {
-        line::frame(&mut partial, read, max, &mut |piece| {
-            let continued = in_long_line;
-            in_long_line = !piece.ends_with(b"\n");
-            scratch.clear();
-            let answer = if continued {
-                kv.respond_continued(piece, &mut scratch)
-            } else {
-                kv.respond(piece, &mut scratch)
-            };
-            replies.extend_from_slice(answer);
-            Ok::<(), ()>(())
-        })
-        .unwrap();
-    }
-    line::finish(&mut partial, &mut |piece| {
+    let mut answer = |piece: &[u8], continued: bool| {
         scratch.clear();
-        let answer = if in_long_line {
+        let answer = if continued {
             kv.respond_continued(piece, &mut scratch)
         } else {
             kv.respond(piece, &mut scratch)
         };
         replies.extend_from_slice(answer);
         Ok::<(), ()>(())
-    })
-    .unwrap();
+    };
+    for read in reads {
+        line::frame(&mut partial, read, max, &mut |piece| {
+            let continued = in_long_line;
+            in_long_line = !piece.ends_with(b"\n");
+            answer(piece, continued)
+        })
+        .unwrap();
+    }
+    line::finish(&mut partial, &mut |piece| answer(piece, in_long_line)).unwrap();
     replies
 }
 

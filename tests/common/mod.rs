@@ -307,6 +307,15 @@ impl ServerProcess {
     }
 
     /// Waits for a log line containing `needle`.
+    /// The first log line containing `needle`, from start-up on.
+    pub fn log_line(&self, needle: &str) -> String {
+        self.startup_log
+            .iter()
+            .find(|line| line.contains(needle))
+            .cloned()
+            .unwrap_or_else(|| self.wait_log(needle))
+    }
+
     pub fn wait_log(&self, needle: &str) -> String {
         self.log_until(needle).pop().unwrap()
     }
