@@ -69,6 +69,7 @@ impl Kv {
 
     /// From now on, lines come from `client`. Returns whether it is not to be read until
     /// the pushes its changes owe are delivered.
+    // Out of line, as the delivery of pushes is: the reactor's `serve` is the echo's path.
     #[inline(never)]
     pub fn serve(&mut self, client: Client) -> bool {
         self.client = client;

@@ -98,10 +98,8 @@ fn deliver(
     turn: &mut Turn<'_>,
     now: Instant,
 ) -> Delivered {
-    if !connections.holds(client.key, client.serial) {
-        return Delivered::Gone;
-    }
-    let Some(parts) = connections.turn_parts(client.key) else {
+    let parts = connections.turn_parts(client.key);
+    let Some(parts) = parts.filter(|parts| parts.connection.serial() == client.serial) else {
         return Delivered::Gone;
     };
     let (connection, held) = (parts.connection, parts.held);
@@ -118,21 +116,20 @@ fn deliver(
         connections.close(registry, client.key, ending);
         return Delivered::Dropped;
     }
-    let pushed = catch_unwind(AssertUnwindSafe(|| connection.push(message, turn)));
+    let pushed = catch_unwind(AssertUnwindSafe(|| connection.push(message, turn))).unwrap_or_else(
+        |payload| {
+            Err(Fault::Panicked {
+                in_handler: false,
+                message: panic_message(payload.as_ref()),
+            })
+        },
+    );
     let after = connection.buffered_capacity();
     connections.account(client.key, held, after, false);
     let delivered = match pushed {
-        Ok(Ok(true)) => Delivered::Sent,
-        Ok(Ok(false)) => Delivered::Dropped,
-        Ok(Err(fault)) => {
-            connections.close(registry, client.key, Ending::Fault(fault));
-            return Delivered::Dropped;
-        }
-        Err(payload) => {
-            let fault = Fault::Panicked {
-                in_handler: false,
-                message: panic_message(payload.as_ref()),
-            };
+        Ok(true) => Delivered::Sent,
+        Ok(false) => Delivered::Dropped,
+        Err(fault) => {
             connections.close(registry, client.key, Ending::Fault(fault));
             return Delivered::Dropped;
         }
