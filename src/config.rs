@@ -43,6 +43,10 @@ pub const DEFAULT_UDP_RATE_PER_SOURCE: u32 = 1000;
 pub const DEFAULT_UDP_RATE: u32 = 100_000;
 /// With `--kv`: the bytes the buckets may hold, names, keys, values and bookkeeping counted.
 pub const DEFAULT_KV_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// With `--websocket`: the largest message (Autobahn|Testsuite's largest is 16 MiB).
+pub const DEFAULT_WEBSOCKET_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+/// With `--websocket`: how long the HTTP request may take.
+pub const DEFAULT_WEBSOCKET_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the least recently active connection must have been idle before a new client,
 /// arriving when the connection limit is reached, takes its place.
 pub const DEFAULT_EVICT_IDLE_AFTER: Duration = Duration::from_secs(60);
@@ -139,6 +143,15 @@ pub struct Config {
     /// With `kv`: the bytes the buckets may hold (names, keys, values, and a fixed amount
     /// for each bucket, entry and subscription); a change past it is refused with `ERROR`.
     pub kv_max_bytes: usize,
+    /// Every connection is a WebSocket (RFC 6455) after an HTTP/1.1 upgrade, its messages
+    /// echoed whole; a GET of `/` without an upgrade gets a page for trying it.
+    pub websocket: bool,
+    /// With `websocket`: the largest message, put together from its fragments; a larger
+    /// one is refused with close 1009.
+    pub websocket_max_message: usize,
+    /// With `websocket`: how long the HTTP request may take to arrive (after the PROXY
+    /// header and the TLS handshake, if any, within the same time).
+    pub websocket_handshake_timeout: Duration,
 }
 
 impl Default for Config {
@@ -177,6 +190,9 @@ impl Default for Config {
             metrics_timeout: DEFAULT_METRICS_TIMEOUT,
             kv: false,
             kv_max_bytes: DEFAULT_KV_MAX_BYTES,
+            websocket: false,
+            websocket_max_message: DEFAULT_WEBSOCKET_MAX_MESSAGE,
+            websocket_handshake_timeout: DEFAULT_WEBSOCKET_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -251,6 +267,19 @@ impl Config {
                  cannot be combined"
                     .into(),
             ));
+        }
+        if self.websocket && (self.kv || self.telnet) {
+            let other = if self.kv { "--kv" } else { "--telnet" };
+            return Err(ConfigError(format!(
+                "--websocket echoes messages and {other} speaks lines: they cannot be combined"
+            )));
+        }
+        if self.websocket && self.websocket_max_message > self.max_buffered_bytes / 2 {
+            return Err(ConfigError(format!(
+                "--websocket-max-message ({}) must be at most half of --max-buffered-bytes \
+                 ({}): a message is held whole, and its echo beside it",
+                self.websocket_max_message, self.max_buffered_bytes
+            )));
         }
         if self.output_low_water >= self.output_high_water {
             return Err(ConfigError(format!(

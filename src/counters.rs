@@ -48,10 +48,12 @@ pub(crate) enum CloseReason {
     /// With `--kv`: a subscriber whose unsent output passed the high-water mark (it does
     /// not read them).
     SubscriberBehind,
+    /// With `--websocket`, no complete HTTP request within the opening time.
+    WebSocketHandshake,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 17] = [
+    pub const ALL: [CloseReason; 18] = [
         CloseReason::ClientClosed,
         CloseReason::Error,
         CloseReason::ClientReset,
@@ -69,6 +71,7 @@ impl CloseReason {
         CloseReason::Drained,
         CloseReason::ShutdownTimeout,
         CloseReason::SubscriberBehind,
+        CloseReason::WebSocketHandshake,
     ];
 
     /// The `reason` label's value.
@@ -91,6 +94,7 @@ impl CloseReason {
             CloseReason::Drained => "shutdown_drained",
             CloseReason::ShutdownTimeout => "shutdown_timeout",
             CloseReason::SubscriberBehind => "subscriber_behind",
+            CloseReason::WebSocketHandshake => "websocket_handshake",
         }
     }
 }
@@ -129,6 +133,84 @@ pub(crate) struct Traffic {
     /// Of `bytes_received` and `bytes_sent`, those of TLS connections (records on the wire).
     pub tls_bytes_received: u64,
     pub tls_bytes_sent: u64,
+    /// With `--websocket`.
+    pub websocket: WebSocketCounts,
+}
+
+/// What `--websocket` counts: how each opening ended, messages and their payload bytes
+/// each way, and the close frames the server sent, by code.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct WebSocketCounts {
+    pub openings: [u64; WebSocketOpening::ALL.len()],
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub closes_sent: [u64; CLOSE_CODES.len() + 2],
+}
+
+/// The close codes counted apart: those of RFC 6455 and its registry that a server may
+/// send. The others the server echoes (the applications' 3000 to 4999, 1012 to 1014) are
+/// counted as "other", and a close without a code as "none".
+pub(crate) const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011];
+
+impl WebSocketCounts {
+    /// Counts a close frame sent: with `code`, or without one.
+    pub fn close_sent(&mut self, code: Option<u16>) {
+        let at = match code {
+            None => CLOSE_CODES.len() + 1,
+            Some(code) => CLOSE_CODES
+                .iter()
+                .position(|&known| known == code)
+                .unwrap_or(CLOSE_CODES.len()),
+        };
+        self.closes_sent[at] += 1;
+    }
+
+    /// The label of `closes_sent[at]`.
+    pub fn close_label(at: usize) -> String {
+        match CLOSE_CODES.get(at) {
+            Some(code) => code.to_string(),
+            None if at == CLOSE_CODES.len() => "other".to_owned(),
+            None => "none".to_owned(),
+        }
+    }
+}
+
+/// How a WebSocket connection's opening ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WebSocketOpening {
+    /// Upgraded (101): a WebSocket from then on.
+    Upgraded,
+    /// A GET of `/` without Upgrade: the page for people.
+    Page,
+    /// Another path without Upgrade (404).
+    NotFound,
+    /// An HTTP request refused: a bad or unsupported upgrade (400, 426), a method other
+    /// than GET or HEAD (405), a request over 8 KiB (431).
+    Refused,
+    /// Bytes that are not an HTTP request: closed without an answer.
+    NotHttp,
+}
+
+impl WebSocketOpening {
+    pub const ALL: [WebSocketOpening; 5] = [
+        WebSocketOpening::Upgraded,
+        WebSocketOpening::Page,
+        WebSocketOpening::NotFound,
+        WebSocketOpening::Refused,
+        WebSocketOpening::NotHttp,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            WebSocketOpening::Upgraded => "upgraded",
+            WebSocketOpening::Page => "page",
+            WebSocketOpening::NotFound => "not_found",
+            WebSocketOpening::Refused => "refused",
+            WebSocketOpening::NotHttp => "not_http",
+        }
+    }
 }
 
 /// Datagrams with `--udp`, counted by the datagram echo.

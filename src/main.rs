@@ -209,6 +209,33 @@ struct Cli {
           value_parser = parse_positive, allow_negative_numbers = true, requires = "kv")]
     kv_max_bytes: usize,
 
+    /// Be a WebSocket echo (RFC 6455)
+    ///
+    /// Every connection (TCP, TLS as wss://, --unix, behind a PROXY header) begins with an
+    /// HTTP/1.1 upgrade, on any path; then every message comes back whole, text as text and
+    /// binary as binary, pings are answered, a close is answered with its code. A GET of /
+    /// without an upgrade gets a page to try it from a browser; other paths get 404, and
+    /// bytes that are not HTTP are closed. permessage-deflate is not offered.
+    #[arg(long, help_heading = "Protocols", conflicts_with_all = ["kv", "telnet"])]
+    websocket: bool,
+
+    /// The largest WebSocket message
+    ///
+    /// Put together from its fragments within the buffer budget (at most half of
+    /// --max-buffered-bytes); a larger one is refused with close 1009 (message too big) as
+    /// soon as a frame header says it will be.
+    #[arg(long, help_heading = "Protocols", value_name = "BYTES", default_value_t = config::DEFAULT_WEBSOCKET_MAX_MESSAGE,
+          value_parser = parse_positive, allow_negative_numbers = true, requires = "websocket")]
+    websocket_max_message: usize,
+
+    /// Seconds for a WebSocket's HTTP request to arrive
+    ///
+    /// After its PROXY header and TLS handshake, if any, within the longest of their
+    /// times. A client that sends its request slowly, or nothing, is closed then.
+    #[arg(long, help_heading = "Protocols", value_name = "SECS", default_value_t = config::DEFAULT_WEBSOCKET_HANDSHAKE_TIMEOUT.as_secs_f64(),
+          value_parser = parse_seconds, allow_negative_numbers = true, requires = "websocket")]
+    websocket_handshake_timeout: f64,
+
     /// Also echo datagrams (UDP)
     ///
     /// On the same address and port (RFC 862): each back to its sender whole. Never
@@ -527,6 +554,9 @@ fn serve(cli: Cli) -> Result<Stopped, Failure> {
         telnet: cli.telnet,
         kv: cli.kv,
         kv_max_bytes: cli.kv_max_bytes,
+        websocket: cli.websocket,
+        websocket_max_message: cli.websocket_max_message,
+        websocket_handshake_timeout: Duration::from_secs_f64(cli.websocket_handshake_timeout),
         tls: cli.tls_cert.zip(cli.tls_key).map(|(cert, key)| TlsFiles {
             cert,
             key,

@@ -15,7 +15,7 @@ impl Connection {
         turn: &mut Turn<'_>,
         sealed: bool,
     ) -> Result<(), Fault> {
-        let Some(mut layer) = self.telnet.take() else {
+        let Some(mut upper) = self.upper.take() else {
             if !sealed {
                 return self.answer(arrived, turn, Delivery::Socket);
             }
@@ -23,6 +23,34 @@ impl Connection {
             return self.answer(arrived, turn, Delivery::Gathered);
         };
         turn.gathered.clear();
+        let answered = match &mut *upper {
+            UpperLayer::Telnet(layer) => self.answer_telnet(layer, arrived, turn),
+            UpperLayer::WebSocket(layer) => {
+                let step = layer.receive(arrived, turn.gathered, &mut turn.traffic.websocket);
+                // With TLS, what TLS holds is added when its read is done.
+                self.layers_held = layer.held();
+                if step == websocket::Step::Ending {
+                    // Closed, refused or answered: what is gathered is the last output.
+                    self.read_closed = true;
+                }
+                Ok(())
+            }
+        };
+        self.upper = Some(upper);
+        answered?;
+        if !sealed && !turn.gathered.is_empty() {
+            turn.traffic.bytes_sent += self.output.send(&mut self.socket, turn.gathered)? as u64;
+        }
+        Ok(())
+    }
+
+    /// Decodes what came up as telnet, answering its data and gathering its replies.
+    fn answer_telnet(
+        &mut self,
+        layer: &mut TelnetLayer,
+        arrived: &[u8],
+        turn: &mut Turn<'_>,
+    ) -> Result<(), Fault> {
         let decoded = layer.receive::<Fault>(arrived, &mut |up| {
             match up {
                 Up::Data(data) => self.answer(data, turn, Delivery::Escaped)?,
@@ -35,11 +63,7 @@ impl Connection {
             }
             Ok(())
         });
-        self.telnet = Some(layer);
         turn.traffic.telnet_commands += decoded? as u64;
-        if !sealed && !turn.gathered.is_empty() {
-            turn.traffic.bytes_sent += self.output.send(&mut self.socket, turn.gathered)? as u64;
-        }
         Ok(())
     }
 
@@ -93,9 +117,10 @@ impl Connection {
         if self.partial.is_empty() {
             return Ok(());
         }
+        let escapes_iac = self.speaks_telnet();
         let (socket, output) = (&mut self.socket, &mut self.output);
         let continued = self.in_long_line;
-        if self.telnet.is_none() && self.tls.is_none() {
+        if self.upper.is_none() && self.tls.is_none() {
             return line::finish(&mut self.partial, &mut |piece| {
                 let answer = respond(&mut *turn.handler, piece, turn.scratch, continued)?;
                 turn.traffic.bytes_sent += output.send(socket, answer)? as u64;
@@ -103,7 +128,6 @@ impl Connection {
             });
         }
         // With layers, the tail's answers go down in one piece, as a read's do.
-        let escapes_iac = self.telnet.is_some();
         turn.gathered.clear();
         line::finish(&mut self.partial, &mut |piece| {
             let answer = respond(&mut *turn.handler, piece, turn.scratch, continued)?;
@@ -134,27 +158,51 @@ impl Connection {
             return Ok(false);
         }
         // Escaped in the turn's scratch buffer, lent out while the turn is in use.
-        let escaped = self.telnet.is_some().then(|| {
+        let escaped = self.speaks_telnet().then(|| {
             let mut escaped = std::mem::take(turn.scratch);
             escaped.clear();
             telnet::escape_into(message, &mut escaped);
             escaped
         });
         let bytes = escaped.as_deref().unwrap_or(message);
+        let sent = self.send_down(bytes, turn);
+        if let Some(escaped) = escaped {
+            *turn.scratch = escaped;
+        }
+        sent?;
+        Ok(true)
+    }
+
+    /// With `--websocket`, at shutdown: a close frame (1001, going away) after the last
+    /// echo, if the connection is still open as a WebSocket.
+    #[cold]
+    pub(super) fn close_websocket(&mut self, turn: &mut Turn<'_>) -> Result<(), Fault> {
+        let Some(UpperLayer::WebSocket(layer)) = self.upper.as_deref_mut() else {
+            return Ok(());
+        };
+        if !layer.is_open() {
+            return Ok(());
+        }
+        let mut frame = std::mem::take(turn.scratch);
+        frame.clear();
+        layer.close(websocket::GOING_AWAY, &mut frame, &mut turn.traffic.websocket);
+        let sent = self.send_down(&frame, turn);
+        *turn.scratch = frame;
+        Ok(sent?)
+    }
+
+    /// Sends bytes of the connection's own (not answers to a read) down through TLS, if
+    /// it speaks it, behind any output still queued.
+    fn send_down(&mut self, bytes: &[u8], turn: &mut Turn<'_>) -> io::Result<()> {
         let (socket, output) = (&mut self.socket, &mut self.output);
-        let sent = match self.tls.as_mut() {
+        match self.tls.as_mut() {
             Some(tls) => tls
                 .seal(bytes)
                 .and_then(|()| send_records(tls, socket, output, turn)),
             None => output
                 .send(socket, bytes)
                 .map(|sent| turn.traffic.bytes_sent += sent as u64),
-        };
-        if let Some(escaped) = escaped {
-            *turn.scratch = escaped;
         }
-        sent?;
-        Ok(true)
     }
 }
 

@@ -16,6 +16,10 @@
 //! socket -> [PROXY header] -> [TLS open] -> [telnet decode] -> framing -> handler
 //!                                                                          |
 //! socket <- output <--------- [TLS seal] <- [telnet escape] <- answers <---+
+//!
+//! socket -> [PROXY header] -> [TLS open] -> [WebSocket: HTTP opening, frames in]
+//!                                                             | messages echoed whole
+//! socket <- output <--------- [TLS seal] <- [WebSocket: frames out] <-+
 //! ```
 //!
 //! Every layer has the same shape: it is given the bytes that came from below and hands
@@ -53,6 +57,7 @@ mod reading;
 mod records;
 pub(crate) mod telnet;
 pub(crate) mod tls;
+pub(crate) mod websocket;
 
 use answering::Delivery;
 use records::send_records;
@@ -61,10 +66,18 @@ use output::OutputBuffer;
 use proxy::HeaderLayer;
 use telnet::{SubnegotiationTooLong, TelnetLayer, Up};
 use tls::TlsLayer;
+use websocket::WebSocketLayer;
 
 /// Room kept beyond a read's echo for what TLS adds to it: record headers and tags, a
 /// handshake flight with its certificate chain.
 const TLS_OUTPUT_ROOM: usize = 16 * 1024;
+
+/// The layer between TLS and the framing, for a connection that speaks more than bytes:
+/// the two never go together, so they share one pointer.
+pub(crate) enum UpperLayer {
+    Telnet(TelnetLayer),
+    WebSocket(WebSocketLayer),
+}
 
 /// Why a connection has to end early.
 #[derive(Debug)]
@@ -86,6 +99,8 @@ pub(crate) enum Fault {
         in_handshake: bool,
         message: String,
     },
+    /// With `--websocket`, no complete HTTP request within the opening time.
+    WebSocketOpening(String),
 }
 
 impl From<io::Error> for Fault {
@@ -187,12 +202,13 @@ pub(crate) struct Connection {
     /// With `--tls-cert`: the TLS session. Boxed, so that a connection without it pays one
     /// pointer.
     tls: Option<Box<TlsLayer>>,
-    /// What the TLS layer holds of the input (see [`TlsLayer::held`]), as of its last
-    /// read: kept here so that the budget's check on every read of a plain connection
-    /// reads a field, not the layer.
-    tls_held: usize,
-    /// With `--telnet`: the protocol layer between the socket (or TLS) and the framing.
-    telnet: Option<Box<TelnetLayer>>,
+    /// What the layers hold of the input (see [`TlsLayer::held`] and
+    /// [`WebSocketLayer::held`]), as of the last read: kept here so that the budget's check
+    /// on every read of a plain connection reads a field, not the layers.
+    layers_held: usize,
+    /// With `--telnet` or `--websocket`: the protocol layer between the socket (or TLS)
+    /// and the framing.
+    upper: Option<Box<UpperLayer>>,
     /// The client's first bytes have arrived (after its PROXY header, if any).
     first_bytes_seen: bool,
     /// The last flush stopped at its share with output left and the socket perhaps able
@@ -234,8 +250,8 @@ impl Connection {
             budget_paused: false,
             awaiting_header: None,
             tls: None,
-            tls_held: 0,
-            telnet: None,
+            layers_held: 0,
+            upper: None,
             first_bytes_seen: false,
             flush_cut: false,
             serial_low: serial as u32,
@@ -276,11 +292,31 @@ impl Connection {
     /// telnet client, and nothing but the handshake may precede it.
     pub fn speak_telnet(&mut self, traffic: &mut Traffic) -> io::Result<()> {
         let offers_owed = self.awaiting_header.is_some() || self.tls.is_some();
-        self.telnet = Some(Box::new(TelnetLayer::new(offers_owed)));
+        self.upper = Some(Box::new(UpperLayer::Telnet(TelnetLayer::new(offers_owed))));
         if !offers_owed {
             traffic.bytes_sent += self.output.send(&mut self.socket, telnet::OFFERS)? as u64;
         }
         Ok(())
+    }
+
+    /// From now on the connection speaks WebSocket: its opening (the HTTP request, after
+    /// its PROXY header and TLS handshake, if any) must be complete by `deadline`.
+    pub fn speak_websocket(&mut self, deadline: Instant, max_message: usize) {
+        let layer = WebSocketLayer::new(deadline, max_message);
+        self.upper = Some(Box::new(UpperLayer::WebSocket(layer)));
+    }
+
+    /// It speaks telnet.
+    fn speaks_telnet(&self) -> bool {
+        matches!(self.upper.as_deref(), Some(UpperLayer::Telnet(_)))
+    }
+
+    /// With `--websocket`: its layer.
+    fn websocket(&self) -> Option<&WebSocketLayer> {
+        match self.upper.as_deref() {
+            Some(UpperLayer::WebSocket(layer)) => Some(layer),
+            _ => None,
+        }
     }
 
     /// When its PROXY header must be complete, while it is still awaited.
@@ -290,11 +326,17 @@ impl Connection {
             .map(|awaiting| awaiting.deadline)
     }
 
-    /// When its opening (the PROXY header, then the TLS handshake) must be complete, while
-    /// one of them is under way.
+    /// When its opening (the PROXY header, then the TLS handshake, then the WebSocket
+    /// request) must be complete, while one of them is under way.
     pub fn opening_deadline(&self) -> Option<Instant> {
         self.header_deadline()
-            .or_else(|| self.tls.as_ref().and_then(|tls| tls.handshake_deadline()))
+            .or_else(|| self.tls_deadline())
+            .or_else(|| self.websocket().and_then(WebSocketLayer::opening_deadline))
+    }
+
+    /// When its TLS handshake must be complete, while it is under way.
+    pub fn tls_deadline(&self) -> Option<Instant> {
+        self.tls.as_ref().and_then(|tls| tls.handshake_deadline())
     }
 
     /// It speaks TLS.
@@ -331,13 +373,13 @@ impl Connection {
     /// Bytes held for this client: its unfinished line, its unsent output, and what rustls
     /// holds of its input.
     pub fn buffered_bytes(&self) -> usize {
-        self.partial.len() + self.output.pending() + self.tls_held
+        self.partial.len() + self.output.pending() + self.layers_held
     }
 
     /// Heap memory held in this connection's buffers and by rustls for it (beyond rustls'
     /// read buffer of a few KiB), what the buffer budget counts.
     pub fn buffered_capacity(&self) -> usize {
-        self.partial.capacity() + self.output.capacity() + self.tls_held
+        self.partial.capacity() + self.output.capacity() + self.layers_held
     }
 
     /// What the buffer budget's look needs to know of this connection.
@@ -400,6 +442,7 @@ impl Connection {
             return Ok(());
         }
         self.answer_tail(turn)?;
+        self.close_websocket(turn)?;
         self.close_tls(turn)?;
         if self.pending_output() > 0 {
             return Ok(());

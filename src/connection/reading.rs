@@ -38,10 +38,12 @@ impl Connection {
         }
         // The most output one read can produce: its echo, or with telnet twice that (every
         // line end may grow to CR LF) and a few replies.
-        let mut answer_reach = if self.telnet.is_some() {
-            2 * buffer.len()
-        } else {
-            buffer.len()
+        let mut answer_reach = match self.upper.as_deref() {
+            None => buffer.len(),
+            Some(UpperLayer::Telnet(_)) => 2 * buffer.len(),
+            // Frames out are no longer than frames in, and the page is a few KiB; a
+            // message put together earlier goes out too, but the budget counts it already.
+            Some(UpperLayer::WebSocket(_)) => buffer.len() + websocket::PAGE.len() + 1024,
         };
         if self.tls.is_some() {
             answer_reach += TLS_OUTPUT_ROOM;
@@ -96,7 +98,7 @@ impl Connection {
             let arrived = &buffer[start..received];
             if !arrived.is_empty() && !self.first_bytes_seen && self.tls.is_none() {
                 self.first_bytes_seen = true;
-                if self.telnet.is_none() && telnet::opens_negotiation(arrived) {
+                if self.upper.is_none() && telnet::opens_negotiation(arrived) {
                     crate::warning::client_caused!(
                         log::Level::Info,
                         "{}: this looks like a telnet client (it opened with telnet \
@@ -113,10 +115,14 @@ impl Connection {
                         // The client's close_notify: nothing more will be read.
                         return Ok(ReadOutcome::Stopped);
                     }
-                } else if self.telnet.is_some() {
-                    // Even with nothing arrived, when the header has just ended: the offers
-                    // owed go out then.
+                } else if self.upper.is_some() {
+                    // Even with nothing arrived, when the header has just ended: telnet's
+                    // offers owed go out then.
                     self.answer_input(arrived, turn, false)?;
+                    if self.read_closed {
+                        // The WebSocket closed, or its opening was answered for good.
+                        return Ok(ReadOutcome::Stopped);
+                    }
                 } else if !arrived.is_empty() {
                     self.answer(arrived, turn, Delivery::Socket)?;
                 }

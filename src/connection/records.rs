@@ -15,7 +15,7 @@ impl Connection {
         let plaintext = std::mem::take(&mut turn.tls_plaintext);
         let received = self.open_records(&mut tls, arrived, plaintext, turn);
         turn.tls_plaintext = plaintext;
-        self.tls_held = tls.held();
+        self.layers_held = tls.held() + self.websocket().map_or(0, WebSocketLayer::held);
         if received.is_ok() && tls.peer_closed() && !self.read_closed {
             // The client's close_notify is its end of stream: the unfinished line is
             // answered and ours follows it.
@@ -24,6 +24,10 @@ impl Connection {
             self.answer_tail(turn)?;
             self.close_tls(turn)?;
             return received;
+        }
+        if self.read_closed {
+            // The WebSocket ended: our close_notify follows its last frame.
+            tls.close();
         }
         let sent = send_records(&mut tls, &mut self.socket, &mut self.output, turn);
         self.tls = Some(tls);
@@ -58,7 +62,7 @@ impl Connection {
             if fed.established {
                 turn.traffic.tls_handshakes += 1;
                 log::debug!("{}: TLS handshake complete ({})", self.peer, tls.agreed());
-                if self.telnet.is_some() {
+                if self.speaks_telnet() {
                     // The telnet offers owed go out first thing.
                     self.answer_input(&[], turn, true)?;
                     tls.seal(turn.gathered)?;

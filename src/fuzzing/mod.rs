@@ -292,6 +292,7 @@ fn empty_snapshot() -> Snapshot {
         udp: None,
         tls: None,
         kv: None,
+        websocket: None,
     }
 }
 

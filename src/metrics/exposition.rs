@@ -306,6 +306,9 @@ pub(crate) fn render(snapshot: &Snapshot, process: &ProcessStats, format: Format
     if let Some(kv) = &snapshot.kv {
         super::store::encode(&mut e, kv);
     }
+    if let Some(websocket) = &snapshot.websocket {
+        super::websocket::encode(&mut e, websocket);
+    }
     e.counter(
         "kv_server_telnet_commands",
         "Telnet commands and negotiations taken out of clients' input (with --telnet).",
@@ -402,6 +405,7 @@ mod tests {
                 tls_handshake_steps: 0,
                 tls_bytes_received: 0,
                 tls_bytes_sent: 0,
+                websocket: Default::default(),
             },
             buffers: BufferGauges::default(),
             turns: {
@@ -415,6 +419,7 @@ mod tests {
             udp: None,
             tls: None,
             kv: None,
+            websocket: None,
         }
     }
 

@@ -11,12 +11,13 @@ pub(crate) mod endpoint;
 mod exposition;
 mod process;
 mod store;
+mod websocket;
 
 use std::time::SystemTime;
 
 use crate::counters::{
     AcceptCounts, BufferGauges, CloseReason, ClosedCounts, KvCounts, TlsCounts, Traffic, TurnTimes,
-    UdpCounts,
+    UdpCounts, WebSocketCounts,
 };
 use crate::stream::Transport;
 
@@ -37,6 +38,8 @@ pub(crate) struct Snapshot {
     pub tls: Option<TlsCounts>,
     /// With `--kv`.
     pub kv: Option<KvCounts>,
+    /// With `--websocket`.
+    pub websocket: Option<WebSocketCounts>,
 }
 
 impl Snapshot {

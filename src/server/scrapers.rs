@@ -55,6 +55,7 @@ impl Server {
             udp: self.udp.as_ref().map(UdpEcho::counts),
             tls: self.tls_reloads,
             kv: self.kv.as_ref().map(Kv::counts),
+            websocket: self.config.websocket.then_some(self.traffic.websocket),
         }
     }
 }

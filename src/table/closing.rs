@@ -74,6 +74,7 @@ impl Ending {
             Ending::Fault(Fault::Io(e)) if is_reset(e) => CloseReason::ClientReset,
             Ending::Fault(Fault::Io(_)) => CloseReason::Error,
             Ending::Fault(Fault::ProxyHeader(_)) => CloseReason::ProxyHeader,
+            Ending::Fault(Fault::WebSocketOpening(_)) => CloseReason::WebSocketHandshake,
             Ending::Fault(Fault::Tls {
                 in_handshake: true, ..
             }) => CloseReason::TlsHandshake,
@@ -93,6 +94,7 @@ pub(super) fn log_fault(peer: &Peer, fault: Fault) {
         Fault::ProxyHeader(reason) => {
             log::debug!("{peer}: {reason}; closing without echoing anything")
         }
+        Fault::WebSocketOpening(reason) => log::debug!("{peer}: {reason}; closed"),
         Fault::AddressLimit => log::debug!("{peer}: over --max-connections-per-ip; closed"),
         Fault::AccessDenied => log::debug!("{peer}: refused by --allow/--deny; closed"),
         // Failures in the handshake are logged where they are counted.

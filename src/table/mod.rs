@@ -68,6 +68,23 @@ pub(crate) struct ConnectionTable {
     tls_failure_logs: RateLimit,
     /// Connections let in so far: the next one's serial number.
     let_in: u64,
+    /// With `--websocket`: the largest message.
+    websocket_max_message: Option<usize>,
+}
+
+/// How long a connection's opening may take, when it has one: its PROXY header, TLS
+/// handshake and WebSocket request all within the longest of their times.
+fn opening_timeout(config: &Config, proxy: &ProxySources) -> Option<Duration> {
+    [
+        config.speaks_tls().then_some(config.tls_handshake_timeout),
+        proxy.any().then_some(config.proxy_header_timeout),
+        config
+            .websocket
+            .then_some(config.websocket_handshake_timeout),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
 }
 
 impl ConnectionTable {
@@ -87,11 +104,7 @@ impl ConnectionTable {
             budget: BufferBudget::new(config.max_buffered_bytes, config.read_buffer_bytes),
             per_address: config.max_connections_per_ip.map(AddressLimit::new),
             rules: AccessRules::new(config),
-            opening_timeout: if config.speaks_tls() {
-                Some(config.tls_handshake_timeout)
-            } else {
-                proxy.any().then_some(config.proxy_header_timeout)
-            },
+            opening_timeout: opening_timeout(config, &proxy),
             tls: None,
             proxy,
             refusals: RateLimit::default(),
@@ -100,6 +113,7 @@ impl ConnectionTable {
             tls_failures: [0; Failure::ALL.len()],
             tls_failure_logs: RateLimit::default(),
             let_in: 0,
+            websocket_max_message: config.websocket.then_some(config.websocket_max_message),
         }
     }
 
@@ -201,6 +215,9 @@ impl ConnectionTable {
             .tls
             .as_ref()
             .map(|config| connection.speak_tls(Arc::clone(config), deadline));
+        if let Some(max_message) = self.websocket_max_message {
+            connection.speak_websocket(deadline, max_message);
+        }
         let opening = connection.opening_deadline().is_some();
         if let Some(idle) = self.idle.as_mut() {
             idle.push_back(&mut self.slab, key, now);

@@ -1,6 +1,6 @@
-//! What time ends: openings (a PROXY header, a TLS handshake) not complete by their
-//! deadline, connections idle past `--idle-timeout`, the longest idle evicted for a
-//! newcomer, and freed memory returned to the system after a crowd.
+//! What time ends: openings (a PROXY header, a TLS handshake, a WebSocket request) not
+//! complete by their deadline, connections idle past `--idle-timeout`, the longest idle
+//! evicted for a newcomer, and freed memory returned to the system after a crowd.
 
 use super::*;
 
@@ -51,6 +51,10 @@ impl ConnectionTable {
             let fault = if connection.header_deadline().is_some() {
                 Fault::ProxyHeader(format!(
                     "no complete PROXY protocol header within {timeout:?}"
+                ))
+            } else if connection.tls_deadline().is_none() {
+                Fault::WebSocketOpening(format!(
+                    "no complete HTTP request within {timeout:?}"
                 ))
             } else {
                 Fault::Tls {
