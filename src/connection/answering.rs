@@ -185,7 +185,11 @@ impl Connection {
         }
         let mut frame = std::mem::take(turn.scratch);
         frame.clear();
-        layer.close(websocket::GOING_AWAY, &mut frame, &mut turn.traffic.websocket);
+        layer.close(
+            websocket::GOING_AWAY,
+            &mut frame,
+            &mut turn.traffic.websocket,
+        );
         let sent = self.send_down(&frame, turn);
         *turn.scratch = frame;
         Ok(sent?)

@@ -181,7 +181,12 @@ impl WebSocketLayer {
         self.take_frames(&input[kept..], out, counts)
     }
 
-    fn take_frames(&mut self, input: &[u8], out: &mut Vec<u8>, counts: &mut WebSocketCounts) -> Step {
+    fn take_frames(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        counts: &mut WebSocketCounts,
+    ) -> Step {
         let mut at = 0;
         while at < input.len() || self.frame.is_some_and(|frame| frame.seen == frame.length) {
             let frame = match self.frame {
@@ -241,7 +246,10 @@ impl WebSocketLayer {
             return None;
         }
         let (length, header) = match second & 0x7F {
-            126 => (usize::from(u16::from_be_bytes([*input.get(2)?, *input.get(3)?])), 8),
+            126 => (
+                usize::from(u16::from_be_bytes([*input.get(2)?, *input.get(3)?])),
+                8,
+            ),
             127 => return None,
             short => (usize::from(short), 6),
         };
@@ -249,7 +257,12 @@ impl WebSocketLayer {
         if end > input.len() || length > self.max_message {
             return None;
         }
-        let mask = [input[header - 4], input[header - 3], input[header - 2], input[header - 1]];
+        let mask = [
+            input[header - 4],
+            input[header - 3],
+            input[header - 2],
+            input[header - 1],
+        ];
         let start = out.len();
         frame_header(opcode, length, out);
         let payload_at = out.len();
@@ -278,7 +291,11 @@ impl WebSocketLayer {
         let mut taken = 0;
         loop {
             let have = usize::from(self.header_length);
-            let need = if have < 2 { 2 } else { header_length(self.header[1]) };
+            let need = if have < 2 {
+                2
+            } else {
+                header_length(self.header[1])
+            };
             if have == need {
                 break;
             }

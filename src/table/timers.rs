@@ -53,9 +53,7 @@ impl ConnectionTable {
                     "no complete PROXY protocol header within {timeout:?}"
                 ))
             } else if connection.tls_deadline().is_none() {
-                Fault::WebSocketOpening(format!(
-                    "no complete HTTP request within {timeout:?}"
-                ))
+                Fault::WebSocketOpening(format!("no complete HTTP request within {timeout:?}"))
             } else {
                 Fault::Tls {
                     failure: Failure::Timeout,

@@ -15,6 +15,7 @@ pub mod captured_log;
 pub mod churn;
 pub mod netns;
 pub mod tls;
+pub mod websocket;
 #[allow(unused_imports)] // Each test binary uses its own subset of these helpers.
 pub use kv_testkit::crowd;
 

@@ -67,7 +67,10 @@ pub(crate) fn open(request: &[u8], out: &mut Vec<u8>) -> Opening {
         WebSocketOpening::Page
     } else {
         out.extend_from_slice(b"HTTP/1.1 404 Not Found\r\n");
-        text_body("Not found: the page is at /, the WebSocket echo on any path.\n", out);
+        text_body(
+            "Not found: the page is at /, the WebSocket echo on any path.\n",
+            out,
+        );
         WebSocketOpening::NotFound
     };
     Opening::Answered { outcome, length }
@@ -187,8 +190,7 @@ fn accept_into(key: &[u8], out: &mut Vec<u8>) {
 /// Standard base64 with padding: 28 characters for the 20 bytes of a SHA-1, the one thing
 /// encoded here (a crate for it would be the largest part of this file's dependencies).
 fn base64_into(bytes: &[u8], out: &mut Vec<u8>) {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     for chunk in bytes.chunks(3) {
         let byte = |at: usize| u32::from(chunk.get(at).copied().unwrap_or(0));
         let group = byte(0) << 16 | byte(1) << 8 | byte(2);
@@ -232,7 +234,12 @@ mod tests {
 
     #[test]
     fn base64_pads_as_the_standard_does() {
-        for (bytes, text) in [(&b""[..], ""), (b"f", "Zg=="), (b"fo", "Zm8="), (b"foo", "Zm9v")] {
+        for (bytes, text) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+        ] {
             let mut out = Vec::new();
             base64_into(bytes, &mut out);
             assert_eq!(out, text.as_bytes());
@@ -244,11 +251,31 @@ mod tests {
         let upgrade = "Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
                        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
         let cases: [(String, &str, WebSocketOpening); 8] = [
-            ("GET / HTTP/1.1\r\nHost: a\r\n\r\n".into(), "200", WebSocketOpening::Page),
-            ("GET /?x HTTP/1.0\r\n\r\n".into(), "200", WebSocketOpening::Page),
-            ("GET /x HTTP/1.1\r\nHost: a\r\n\r\n".into(), "404", WebSocketOpening::NotFound),
-            ("POST / HTTP/1.1\r\nHost: a\r\n\r\n".into(), "405", WebSocketOpening::Refused),
-            (format!("GET /e HTTP/1.1\r\nHost: a\r\n{upgrade}\r\n"), "426", WebSocketOpening::Refused),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\n\r\n".into(),
+                "200",
+                WebSocketOpening::Page,
+            ),
+            (
+                "GET /?x HTTP/1.0\r\n\r\n".into(),
+                "200",
+                WebSocketOpening::Page,
+            ),
+            (
+                "GET /x HTTP/1.1\r\nHost: a\r\n\r\n".into(),
+                "404",
+                WebSocketOpening::NotFound,
+            ),
+            (
+                "POST / HTTP/1.1\r\nHost: a\r\n\r\n".into(),
+                "405",
+                WebSocketOpening::Refused,
+            ),
+            (
+                format!("GET /e HTTP/1.1\r\nHost: a\r\n{upgrade}\r\n"),
+                "426",
+                WebSocketOpening::Refused,
+            ),
             (
                 format!("GET /e HTTP/1.1\r\nHost: a\r\n{upgrade}Sec-WebSocket-Version: 8\r\n\r\n"),
                 "426",
@@ -269,10 +296,16 @@ mod tests {
             let (opening, text) = answer(request.as_bytes());
             assert_eq!(
                 opening,
-                Opening::Answered { outcome, length: request.len() },
+                Opening::Answered {
+                    outcome,
+                    length: request.len()
+                },
                 "{request:?}"
             );
-            assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{request:?}: {text}");
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {status} ")),
+                "{request:?}: {text}"
+            );
         }
     }
 
@@ -284,17 +317,30 @@ mod tests {
         let (opening, text) = answer(&request);
         assert!(matches!(
             opening,
-            Opening::Answered { outcome: WebSocketOpening::Refused, .. }
+            Opening::Answered {
+                outcome: WebSocketOpening::Refused,
+                ..
+            }
         ));
         assert!(text.starts_with("HTTP/1.1 431 "));
     }
 
     #[test]
     fn bytes_that_are_not_http_get_no_answer() {
-        for bytes in [&b"hello\r\n"[..], b"\x16\x03\x01\x02\x00", b"GET / HTTP/1.1\r\nbad header\r\n"] {
+        for bytes in [
+            &b"hello\r\n"[..],
+            b"\x16\x03\x01\x02\x00",
+            b"GET / HTTP/1.1\r\nbad header\r\n",
+        ] {
             let (opening, text) = answer(bytes);
             assert!(
-                matches!(opening, Opening::Answered { outcome: WebSocketOpening::NotHttp, .. }),
+                matches!(
+                    opening,
+                    Opening::Answered {
+                        outcome: WebSocketOpening::NotHttp,
+                        ..
+                    }
+                ),
                 "{bytes:?}"
             );
             assert!(text.is_empty());
