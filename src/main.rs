@@ -228,7 +228,7 @@ struct Cli {
           value_parser = parse_positive, allow_negative_numbers = true, requires = "websocket")]
     websocket_max_message: usize,
 
-    /// Seconds for a WebSocket's HTTP request to arrive
+    /// Seconds for the HTTP upgrade request
     ///
     /// After its PROXY header and TLS handshake, if any, within the longest of their
     /// times. A client that sends its request slowly, or nothing, is closed then.
