@@ -160,6 +160,8 @@ impl WebSocketLayer {
         // Bytes past the bound are not kept: the request is refused at the bound.
         let room = MAX_REQUEST_BYTES - self.request.len();
         let kept = input.len().min(room);
+        // Grown by what comes, never past the bound: the budget counts capacity.
+        self.request.reserve_exact(kept);
         self.request.extend_from_slice(&input[..kept]);
         let request = std::mem::take(&mut self.request);
         let (outcome, length) = match handshake::open(&request, out) {

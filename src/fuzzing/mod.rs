@@ -22,9 +22,11 @@ use crate::udp::{RepeatMemory, SourceRates};
 
 mod kv;
 mod tls;
+mod websocket;
 
 pub use kv::kv_commands;
 pub use tls::tls_records;
+pub use websocket::websocket_frames;
 
 /// Cut points in `0..=len`, sorted, drawn from `seed`: at most `count`.
 fn cuts(seed: &[u8], len: usize, count: usize) -> Vec<usize> {
@@ -461,6 +463,24 @@ mod tests {
                 b"\x01\x00\x00\x00\x05\x00\xff\x05\x01\xfe\x06\x00\x00\x47\x00\x00",
                 &[0x3f; 90],
                 &[0x80; 60],
+            ],
+        );
+    }
+
+    #[test]
+    fn websocket_frames_regressions() {
+        replay(
+            "websocket_frames",
+            websocket_frames,
+            &[
+                b"\x00GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                b"\x00hello\r\n",
+                b"\x01\x81\x85abcd\x09\x07\x0f\x08\x0e",
+                b"\x02\x01\x83abcd\x09\x07\x0f\x80\x80abcd\x88\x82abcd\x62\xea",
+                b"\x05\x82\xffabcd",
+                b"\x0b\x03\x20\x01\x07\x02\x40\x00\x00",
+                &[0x7f; 200],
+                &[0xfb; 100],
             ],
         );
     }
