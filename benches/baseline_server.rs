@@ -6,6 +6,7 @@
 //! cargo bench --bench baseline_server -- line 4042
 //! cargo bench --bench baseline_server -- udp 4043
 //! cargo bench --bench baseline_server -- tls 4044 cert.pem key.pem
+//! cargo bench --bench baseline_server -- websocket 4045
 //! ```
 //!
 //! A plain `cargo bench` runs every bench target; without a mode this one returns at once.
@@ -26,9 +27,10 @@ fn main() {
         Some("line") => Baseline::Line,
         Some("udp") => Baseline::Udp,
         Some("tls") => Baseline::Tls,
+        Some("websocket") => Baseline::WebSocket,
         None => return,
         Some(other) => {
-            eprintln!("baseline_server: unknown mode '{other}': expected raw, line, udp or tls");
+            eprintln!("baseline_server: unknown mode '{other}': expected raw, line, udp, tls or websocket");
             std::process::exit(2);
         }
     };

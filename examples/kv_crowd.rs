@@ -20,6 +20,10 @@
 //!   every change fanned out to all of them. The polite client GETs a key of that bucket;
 //!   afterwards every subscriber's pushes are read and counted.
 //!
+//! - `websockets`: against a server run with `--websocket`, `--hogs` WebSocket clients, each
+//!   from its own loopback address, sending 1 KiB binary messages (up to `--quota` bytes)
+//!   without reading. The polite client speaks WebSocket too: 16-byte messages.
+//!
 //! Given the server's pid it reports the server's peak RSS. `benches/crowd.sh` runs it
 //! against kv_server and the tokio echoes side by side. An example, not an installed binary:
 //! `cargo build --release --example kv_crowd`.
@@ -97,6 +101,7 @@ enum Scenario {
     Scrapers,
     Telnet,
     Subscribers,
+    Websockets,
 }
 
 /// How long read-back and connects may take before the run counts a failure.
@@ -136,13 +141,27 @@ fn run(args: &Args) -> io::Result<u64> {
         };
         let telnet = args.scenario == Scenario::Telnet;
         let kv = args.scenario == Scenario::Subscribers;
+        let websocket = args.scenario == Scenario::Websockets;
+        let mut websocket_hogs = if websocket {
+            (0..args.hogs)
+                .map(|n| {
+                    let mut stream =
+                        connect_from(source_address(n), args.addr, args.small_receive);
+                    upgrade(&mut stream)?;
+                    stream.set_nonblocking(true)?;
+                    Ok((stream, 0usize))
+                })
+                .collect::<io::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
         let subscribers = if kv {
             subscribe(args.addr, args.subscribers)?
         } else {
             Vec::new()
         };
         let done_ref = &done;
-        let polite = scope.spawn(move || polite_client(args.addr, telnet, kv, done_ref));
+        let polite = scope.spawn(move || polite_client(args.addr, telnet, kv, websocket, done_ref));
         let report = match args.scenario {
             Scenario::Crowd => {
                 push_all(&mut hogs, duration, duration);
@@ -212,6 +231,15 @@ fn run(args: &Args) -> io::Result<u64> {
                     args.flappers,
                     args.ayts,
                     sent.into_inner() / 1_000_000
+                )
+            }
+            Scenario::Websockets => {
+                let pushed = push_messages(&mut websocket_hogs, args.quota, duration);
+                done.store(true, Ordering::SeqCst);
+                format!(
+                    "websocket hogs: {} MB of messages pushed by {}, none read",
+                    pushed / 1_000_000,
+                    websocket_hogs.len()
                 )
             }
             Scenario::Subscribers => {
@@ -413,6 +441,7 @@ fn polite_client(
     addr: SocketAddr,
     telnet: bool,
     kv: bool,
+    websocket: bool,
     done: &AtomicBool,
 ) -> io::Result<Vec<Duration>> {
     // The load shares this core: at nice -10 the polite thread runs as soon as its echo
@@ -435,6 +464,27 @@ fn polite_client(
         }
     }
     let mut latencies = Vec::with_capacity(1 << 20);
+    if websocket {
+        upgrade(&mut stream)?;
+        let mut back = [0u8; 18];
+        let mut round = 0u64;
+        while !done.load(Ordering::Relaxed) {
+            let payload = format!("polite {:08}\n", round % 100_000_000);
+            let message = masked_frame(payload.as_bytes());
+            let started = Instant::now();
+            stream.write_all(&message)?;
+            stream.read_exact(&mut back)?;
+            latencies.push(started.elapsed());
+            if back[..2] != [0x82, 16] || &back[2..] != payload.as_bytes() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("polite message {round} came back as {back:?}"),
+                ));
+            }
+            round += 1;
+        }
+        return Ok(latencies);
+    }
     if kv {
         // A GET of its own key, beside the fan-out: the same 7 bytes back every time.
         let mut back = [0u8; 7];
@@ -481,6 +531,73 @@ fn polite_client(
         );
     }
     Ok(latencies)
+}
+
+/// Sends a WebSocket upgrade request and reads the answer's head, which must be a 101.
+fn upgrade(stream: &mut TcpStream) -> io::Result<()> {
+    stream.write_all(
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    if !head.starts_with(b"HTTP/1.1 101 ") {
+        return Err(io::Error::other("the WebSocket upgrade was refused"));
+    }
+    Ok(())
+}
+
+/// A masked binary message of at most 125 bytes, or of 126 to 65,535.
+fn masked_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x82];
+    if payload.len() < 126 {
+        frame.push(0x80 | payload.len() as u8);
+    } else {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(at, byte)| byte ^ mask[at % 4]));
+    frame
+}
+
+/// Writes 1 KiB binary messages on every hog's connection, never reading, until each has
+/// sent `quota` bytes or `duration` is over; returns the bytes sent.
+fn push_messages(hogs: &mut [(TcpStream, usize)], quota: usize, duration: Duration) -> usize {
+    let block: Vec<u8> = (0..64)
+        .flat_map(|n| masked_frame(&[b'a' + n as u8 % 26; 1024]))
+        .collect();
+    let deadline = Instant::now() + duration;
+    let mut busy = true;
+    while busy && Instant::now() < deadline {
+        busy = false;
+        for (stream, sent) in hogs.iter_mut() {
+            if *sent >= quota {
+                continue;
+            }
+            let at = *sent % block.len();
+            match stream.write(&block[at..]) {
+                Ok(n) if n > 0 => {
+                    *sent += n;
+                    busy = true;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => *sent = quota,
+            }
+        }
+        if !busy {
+            // Every socket is full: the server has stopped reading them, as it should.
+            std::thread::sleep(Duration::from_millis(10));
+            busy = Instant::now() < deadline;
+        }
+    }
+    hogs.iter().map(|(_, sent)| (*sent).min(quota)).sum()
 }
 
 /// Writes `command` over and over, 64 KiB at a time, never reading, until `done`.

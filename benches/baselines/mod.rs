@@ -7,8 +7,10 @@
 //!
 //! - `udp`: a tokio `UdpSocket` echo, `recv_from` then `send_to`: what a Rust user would
 //!   write for datagrams.
-//! - `tls`: the raw echo over tokio-rustls, with the same crypto provider (ring) and
+//! - `tls`: the raw echo over tokio-rustls, with the same crypto provider (aws-lc-rs) and
 //!   protocol versions as kv_server: what a Rust user would write for a TLS echo.
+//! - `websocket`: tokio-tungstenite's `echo-server` example: `accept_async`, then every
+//!   text and binary message forwarded back, with tungstenite's default configuration.
 //!
 //! All run on a current-thread runtime: one core, like kv_server's single reactor.
 
@@ -25,6 +27,7 @@ pub enum Baseline {
     Line,
     Udp,
     Tls,
+    WebSocket,
 }
 
 impl Baseline {
@@ -34,6 +37,7 @@ impl Baseline {
             Baseline::Line => "tokio_line",
             Baseline::Udp => "tokio_udp",
             Baseline::Tls => "tokio_rustls",
+            Baseline::WebSocket => "tokio_tungstenite",
         }
     }
 }
@@ -76,6 +80,7 @@ pub fn serve(
                         Err(e) => Err(e),
                     },
                     (Baseline::Raw, _) => raw_echo(socket).await,
+                    _ if baseline == Baseline::WebSocket => websocket_echo(socket).await,
                     _ => line_echo(socket).await,
                 };
             });
@@ -121,6 +126,18 @@ async fn raw_echo<S: AsyncReadExt + AsyncWriteExt + Unpin>(mut socket: S) -> std
         // tokio-rustls holds sealed records until flushed; a plain socket's flush is free.
         socket.flush().await?;
     }
+}
+
+async fn websocket_echo(socket: TcpStream) -> std::io::Result<()> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let stream = tokio_tungstenite::accept_async(socket)
+        .await
+        .map_err(std::io::Error::other)?;
+    let (write, read) = stream.split();
+    read.try_filter(|message| std::future::ready(message.is_text() || message.is_binary()))
+        .forward(write)
+        .await
+        .map_err(std::io::Error::other)
 }
 
 async fn line_echo(socket: TcpStream) -> std::io::Result<()> {

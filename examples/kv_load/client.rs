@@ -34,6 +34,9 @@ pub struct Client {
     send_times: VecDeque<Instant>,
     /// With `--request`: every line is the same request, answered with the same reply.
     exchange: bool,
+    /// With `--websocket`, until the server's answer to the upgrade has come: what has of
+    /// its head.
+    upgrade_head: Option<Vec<u8>>,
 }
 
 /// With `--request` and `--reply`: what every request is and what answers it, instead of
@@ -41,6 +44,9 @@ pub struct Client {
 pub struct Exchange {
     pub request: Vec<u8>,
     pub reply: Vec<u8>,
+    /// With `--websocket`: the upgrade request sent first, whose answer (a 101) is read
+    /// before any reply.
+    pub upgrade: Option<Vec<u8>>,
 }
 
 /// What one readiness event brought back.
@@ -77,7 +83,10 @@ impl Client {
                 (template, expected)
             }
         };
+        let upgrade = exchange.and_then(|exchange| exchange.upgrade.clone());
         Client {
+            upgrade_head: upgrade.is_some().then(Vec::new),
+            output: upgrade.unwrap_or_default(),
             stream,
             tls,
             template,
@@ -88,7 +97,6 @@ impl Client {
             line_pos: 0,
             line_differs: false,
             expected,
-            output: Vec::new(),
             output_sent: 0,
             send_times: VecDeque::with_capacity(depth),
             exchange: exchange.is_some(),
@@ -110,16 +118,21 @@ impl Client {
         }
     }
 
-    /// With TLS, the handshake is still under way.
+    /// With TLS, the handshake is still under way; with `--websocket`, the upgrade.
     pub fn handshaking(&self) -> bool {
-        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
+        self.tls.as_ref().is_some_and(|tls| tls.is_handshaking()) || self.upgrade_head.is_some()
     }
 
-    /// With TLS, moves the handshake on: sends what the session has, reads what came.
+    /// With TLS or `--websocket`, moves the opening on: sends what is queued (the upgrade
+    /// request, the session's flight), reads what came.
     pub fn handshake(&mut self) -> io::Result<()> {
         self.flush()?;
         let mut histogram = Histogram::new();
-        self.receive(&mut [0; 0], &mut histogram, Instant::now())?;
+        let mut buffer = [0u8; 4096];
+        let received = self.receive(&mut buffer, &mut histogram, Instant::now())?;
+        if received.mismatched > 0 {
+            return Err(io::Error::other("the upgrade was refused"));
+        }
         self.flush()
     }
 
@@ -238,8 +251,21 @@ impl Client {
         now: Instant,
         result: &mut Received,
     ) {
-        let line_len = self.expected.len();
         let mut data = data;
+        if let Some(head) = self.upgrade_head.as_mut() {
+            while !head.ends_with(b"\r\n\r\n") {
+                let Some((&byte, rest)) = data.split_first() else {
+                    return;
+                };
+                head.push(byte);
+                data = rest;
+            }
+            if !head.starts_with(b"HTTP/1.1 101 ") {
+                result.mismatched += 1;
+            }
+            self.upgrade_head = None;
+        }
+        let line_len = self.expected.len();
         while !data.is_empty() {
             let take = (line_len - self.line_pos).min(data.len());
             let (chunk, rest) = data.split_at(take);

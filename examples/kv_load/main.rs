@@ -69,6 +69,10 @@ struct Args {
     /// The reply every --request must get, byte for byte ("v\r\nOK\r\n")
     #[arg(long, requires = "request", value_parser = unescape)]
     reply: Option<String>,
+    /// Speak WebSocket: upgrade each connection, then send every line as a masked binary
+    /// message of --line-bytes bytes, which must come back as one unmasked message
+    #[arg(long, conflicts_with = "request")]
+    websocket: bool,
 }
 
 /// A request or reply given on the command line, with \r, \n and \\ written as escapes.
@@ -191,7 +195,9 @@ fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<
     let exchange = exchange.map(|(request, reply)| client::Exchange {
         request: request.into_bytes(),
         reply: reply.into_bytes(),
+        upgrade: None,
     });
+    let exchange = exchange.or_else(|| args.websocket.then(|| websocket(args.line_bytes as usize)));
     let mut connecting = 0usize;
     let mut next_id = 0usize;
     let deadline = Instant::now() + CONNECT_LIMIT;
@@ -273,6 +279,42 @@ fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<
         }
     }
     Ok(clients)
+}
+
+/// With `--websocket`: the upgrade, a masked binary message of `length` bytes, and the
+/// server's frame that echoes it.
+fn websocket(length: usize) -> client::Exchange {
+    let payload = kv_testkit::pattern(length, 7);
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let header = |mask_bit: u8| {
+        let mut header = vec![0x82];
+        match length {
+            0..=125 => header.push(mask_bit | length as u8),
+            126..=65535 => {
+                header.push(mask_bit | 126);
+                header.extend_from_slice(&(length as u16).to_be_bytes());
+            }
+            _ => {
+                header.push(mask_bit | 127);
+                header.extend_from_slice(&(length as u64).to_be_bytes());
+            }
+        }
+        header
+    };
+    let mut request = header(0x80);
+    request.extend_from_slice(&mask);
+    request.extend(payload.iter().enumerate().map(|(at, byte)| byte ^ mask[at % 4]));
+    let mut reply = header(0);
+    reply.extend_from_slice(&payload);
+    client::Exchange {
+        request,
+        reply,
+        upgrade: Some(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                .to_vec(),
+        ),
+    }
 }
 
 /// A client configuration trusting the CA certificates in `path`.
