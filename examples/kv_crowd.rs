@@ -145,8 +145,7 @@ fn run(args: &Args) -> io::Result<u64> {
         let mut websocket_hogs = if websocket {
             (0..args.hogs)
                 .map(|n| {
-                    let mut stream =
-                        connect_from(source_address(n), args.addr, args.small_receive);
+                    let mut stream = connect_from(source_address(n), args.addr, args.small_receive);
                     upgrade(&mut stream)?;
                     stream.set_nonblocking(true)?;
                     Ok((stream, 0usize))
@@ -562,7 +561,12 @@ fn masked_frame(payload: &[u8]) -> Vec<u8> {
         frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
     }
     frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(at, byte)| byte ^ mask[at % 4]));
+    frame.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(at, byte)| byte ^ mask[at % 4]),
+    );
     frame
 }
 

@@ -303,7 +303,12 @@ fn websocket(length: usize) -> client::Exchange {
     };
     let mut request = header(0x80);
     request.extend_from_slice(&mask);
-    request.extend(payload.iter().enumerate().map(|(at, byte)| byte ^ mask[at % 4]));
+    request.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(at, byte)| byte ^ mask[at % 4]),
+    );
     let mut reply = header(0);
     reply.extend_from_slice(&payload);
     client::Exchange {
