@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side-by-side load-generator runs behind docs/performance.md's results table: kv_server, a raw tokio
-# echo and a line-at-a-time tokio echo, each pinned to CPU 0 with kv_load pinned to CPU 1,
+# Side-by-side load-generator runs behind docs/performance.md's results table: kv_server, the
+# floor (a raw epoll echo in C, benches/baselines/tcp_echo.c, "c_raw"), a raw tokio echo and
+# a line-at-a-time tokio echo, each pinned to CPU 0 with kv_load pinned to CPU 1,
 # in one run, the servers taking turns within each round. benches/scale.sh goes on to
 # 19,900 connections with kv_server alone.
 #
@@ -20,11 +21,12 @@ load=./target/release/examples/kv_load
 
 pids=()
 results="$(mktemp)"
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -f "$results"; }
+c_echo=""
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -f "$results" "$c_echo"; }
 trap cleanup EXIT
 
-declare -A port=([kv]=7040 [raw]=7041 [line]=7042 [kv_before]=7043)
-names=(kv raw line)
+declare -A port=([kv]=7040 [raw]=7041 [line]=7042 [kv_before]=7043 [c_raw]=7044)
+names=(kv c_raw raw line)
 declare -A pid
 load_args=()
 # shellcheck disable=SC2086 # the extra arguments are meant to split into words
@@ -34,6 +36,9 @@ if [[ -n "$against" ]]; then
     start_server kv_before "$against" --bind 127.0.0.1 --port "${port[kv_before]}" $before_args
     names=(kv kv_before)
 else
+    c_echo="$(mktemp)"
+    cc -O2 -o "$c_echo" benches/baselines/tcp_echo.c
+    start_server c_raw "$c_echo" "${port[c_raw]}"
     start_server raw "$baseline" raw "${port[raw]}"
     start_server line "$baseline" line "${port[line]}"
 fi

@@ -29,7 +29,7 @@ pub fn frame<E>(
     emit: &mut impl FnMut(&[u8]) -> Result<(), E>,
 ) -> Result<(), E> {
     let result = frame_read(partial, data, max, emit);
-    if partial.is_empty() {
+    if partial.is_empty() && partial.capacity() > 0 {
         release(partial);
     }
     result
@@ -64,6 +64,10 @@ fn frame_read<E>(
         }
         None => rest,
     };
+    // A read that ends at a line end, the usual request, leaves nothing to keep: no call.
+    if tail.is_empty() {
+        return Ok(());
+    }
     extend_bounded(partial, tail, max, emit)
 }
 
