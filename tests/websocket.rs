@@ -230,6 +230,32 @@ fn hostile_frames_are_refused_with_their_code_and_nothing_else_is_lost() {
     }
 }
 
+/// A binary message in one frame is echoed as it arrives: half of a megabyte's frame
+/// comes back before the other half is sent, and the rest follows in the same frame.
+#[test]
+fn a_large_binary_message_is_echoed_as_it_arrives() {
+    let server = websocket_server(|_| {});
+    let mut stream = upgraded(&server);
+    let payload: Vec<u8> = (0..1u32 << 20).map(|n| (n % 251) as u8).collect();
+    let frame = ws::frame(BINARY, &payload);
+    let half = frame.len() / 2;
+    stream.write_all(&frame[..half]).unwrap();
+    let mut head = [0u8; 10];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(head[..2], [0x80 | BINARY, 127], "one final binary frame");
+    assert_eq!(u64::from_be_bytes(head[2..].try_into().unwrap()), 1 << 20);
+    // The payload before the cut comes back while the rest is still to be sent.
+    let before_cut = half - 14;
+    let mut echoed = vec![0u8; before_cut];
+    stream.read_exact(&mut echoed).unwrap();
+    assert!(echoed == payload[..before_cut]);
+    stream.write_all(&frame[half..]).unwrap();
+    let mut rest = vec![0u8; payload.len() - before_cut];
+    stream.read_exact(&mut rest).unwrap();
+    assert!(rest == payload[before_cut..]);
+    ws::expect_echo(&mut stream, TEXT, b"and the next message after it");
+}
+
 /// Text that cannot become UTF-8 is refused at its first wrong byte, while the rest of a
 /// large message is still to come, not after all of it.
 #[test]

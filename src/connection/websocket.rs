@@ -5,10 +5,13 @@
 //!
 //! Every message comes back whole, as one frame of its kind (text or binary) however many
 //! fragments it came in. A message that arrives in one read with nothing before it is
-//! unmasked straight into the output: no copy of its own, no allocation. Fragments, and
-//! frames cut by reads, are put together in the layer's message buffer, which the budget
-//! counts and which is released when the message has gone out: an idle WebSocket holds no
-//! heap memory but this layer. A message over `--websocket-max-message` is refused with
+//! unmasked straight into the output: no copy of its own, no allocation. A binary message
+//! in one frame that is longer than what has come is echoed as it arrives: its echo's
+//! header goes out with the first piece, and each piece is unmasked into the output, so it
+//! is never held whole (binary needs no check, and nothing may come between the pieces of
+//! one frame). Fragments, and text cut by reads, are put together in the layer's message
+//! buffer, which the budget counts and which is released when the message has gone out:
+//! an idle WebSocket holds no heap memory but this layer. A message over `--websocket-max-message` is refused with
 //! close 1009 as soon as a frame header says it will be.
 //!
 //! Text is checked as UTF-8 as it arrives, so that a message that cannot become valid is
@@ -93,6 +96,10 @@ pub(crate) struct WebSocketLayer {
     message_opcode: Option<u8>,
     message: Vec<u8>,
     checked: usize,
+    /// The frame under way is a whole binary message, echoed as it arrives: its echo's
+    /// header is out, its payload follows piece by piece, and no other frame may be
+    /// written until it is done.
+    streaming: bool,
     /// A control frame's payload as it arrives.
     control: [u8; MAX_CONTROL_PAYLOAD],
 }
@@ -110,6 +117,7 @@ impl WebSocketLayer {
             message_opcode: None,
             message: Vec::new(),
             checked: 0,
+            streaming: false,
             control: [0; MAX_CONTROL_PAYLOAD],
         }
     }
@@ -144,10 +152,13 @@ impl WebSocketLayer {
     }
 
     /// Sends a close frame with `code` (at shutdown: 1001), if one may still be sent.
+    /// Halfway through a streamed message none can be sent: the FIN alone ends it.
     pub fn close(&mut self, code: u16, out: &mut Vec<u8>, counts: &mut WebSocketCounts) {
         if self.phase == Phase::Open {
             self.phase = Phase::Closed;
-            close_frame(Some(code), out, counts);
+            if !self.streaming {
+                close_frame(Some(code), out, counts);
+            }
         }
     }
 

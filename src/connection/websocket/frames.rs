@@ -3,7 +3,7 @@
 //! unmasked into the message under way or the control frame, text checked as UTF-8 as it
 //! comes. What a completed frame or message is answered with is `messages.rs`.
 
-use super::messages::unmask;
+use super::messages::{frame_header, unmask};
 use super::*;
 
 impl WebSocketLayer {
@@ -24,7 +24,7 @@ impl WebSocketLayer {
                             continue;
                         }
                     }
-                    match self.take_header(&input[at..], counts) {
+                    match self.take_header(&input[at..], out, counts) {
                         Ok((taken, frame)) => {
                             at += taken;
                             match frame {
@@ -37,7 +37,7 @@ impl WebSocketLayer {
                 }
             };
             let step = (frame.length - frame.seen).min((input.len() - at) as u64) as usize;
-            if let Err(code) = self.take_payload(&input[at..at + step]) {
+            if let Err(code) = self.take_payload(&input[at..at + step], out) {
                 return self.fail(code, out, counts);
             }
             at += step;
@@ -61,6 +61,7 @@ impl WebSocketLayer {
     pub(super) fn take_header(
         &mut self,
         input: &[u8],
+        out: &mut Vec<u8>,
         counts: &mut WebSocketCounts,
     ) -> Result<(usize, Option<Frame>), u16> {
         let mut taken = 0;
@@ -107,7 +108,12 @@ impl WebSocketLayer {
             if total > self.max_message as u64 {
                 return Err(TOO_BIG);
             }
-            if frame.opcode != CONTINUATION {
+            if frame.opcode == BINARY && frame.fin {
+                // A whole binary message: echoed as it comes.
+                self.streaming = true;
+                frame_header(BINARY, length as usize, out);
+                counts.messages_received += 1;
+            } else if frame.opcode != CONTINUATION {
                 self.message_opcode = Some(frame.opcode);
                 counts.messages_received += 1;
             }
@@ -138,8 +144,9 @@ impl WebSocketLayer {
         }
     }
 
-    /// Unmasks a piece of the current frame's payload into where it belongs.
-    pub(super) fn take_payload(&mut self, piece: &[u8]) -> Result<(), u16> {
+    /// Unmasks a piece of the current frame's payload into where it belongs: the control
+    /// frame's buffer, the output (a streamed message), or the message under way.
+    pub(super) fn take_payload(&mut self, piece: &[u8], out: &mut Vec<u8>) -> Result<(), u16> {
         let Some(frame) = self.frame.as_mut() else {
             return Ok(());
         };
@@ -151,6 +158,12 @@ impl WebSocketLayer {
             let into = &mut self.control[at..at + piece.len()];
             into.copy_from_slice(piece);
             unmask(into, mask, offset);
+            return Ok(());
+        }
+        if self.streaming {
+            let start = out.len();
+            out.extend_from_slice(piece);
+            unmask(&mut out[start..], mask, offset);
             return Ok(());
         }
         if piece.is_empty() {

@@ -79,6 +79,13 @@ impl WebSocketLayer {
                 Ok(Step::Ending)
             }
             _ if !frame.fin => Ok(Step::Going),
+            _ if self.streaming => {
+                self.streaming = false;
+                counts.messages_sent += 1;
+                counts.bytes_received += frame.length;
+                counts.bytes_sent += frame.length;
+                Ok(Step::Going)
+            }
             _ => {
                 let opcode = self.message_opcode.take().unwrap_or(BINARY);
                 if opcode == TEXT {
@@ -107,7 +114,11 @@ impl WebSocketLayer {
     ) -> Step {
         self.phase = Phase::Closed;
         self.message = Vec::new();
-        close_frame(Some(code), out, counts);
+        // Never halfway through a streamed message: its frame ends before any header or
+        // check that could fail. Were it so, a close could not be sent in its middle.
+        if !self.streaming {
+            close_frame(Some(code), out, counts);
+        }
         Step::Ending
     }
 }
