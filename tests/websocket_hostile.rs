@@ -1,8 +1,8 @@
 //! What `--websocket` holds for a client counts in the one buffer budget: crowds of
 //! WebSocket clients that send most of a large message, or most of an upgrade request, and
-//! stall keep the binary's peak memory within its memory with them connected + the budget
-//! + a constant per connection, while a polite WebSocket client beside them keeps being
-//! served.
+//! stall keep the binary's peak memory within its memory with them connected, plus the
+//! budget, plus a constant per connection, while a polite WebSocket client beside them
+//! keeps being served.
 
 mod common;
 
