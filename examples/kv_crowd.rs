@@ -534,10 +534,7 @@ fn polite_client(
 
 /// Sends a WebSocket upgrade request and reads the answer's head, which must be a 101.
 fn upgrade(stream: &mut TcpStream) -> io::Result<()> {
-    stream.write_all(
-        b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )?;
+    stream.write_all(kv_testkit::websocket::UPGRADE_REQUEST)?;
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -550,24 +547,9 @@ fn upgrade(stream: &mut TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-/// A masked binary message of at most 125 bytes, or of 126 to 65,535.
+/// A masked binary message.
 fn masked_frame(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x82];
-    if payload.len() < 126 {
-        frame.push(0x80 | payload.len() as u8);
-    } else {
-        frame.push(0x80 | 126);
-        frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(
-        payload
-            .iter()
-            .enumerate()
-            .map(|(at, byte)| byte ^ mask[at % 4]),
-    );
-    frame
+    kv_testkit::websocket::frame(0x82, payload, Some([0x12, 0x34, 0x56, 0x78]))
 }
 
 /// Writes 1 KiB binary messages on every hog's connection, never reading, until each has

@@ -14,12 +14,11 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
-import time
 
-KV_SERVER = os.environ.get("KV_SERVER", "target/debug/kv_server")
+from kv_process import start_server
+
 SCREENSHOTS = os.environ.get("SCREENSHOTS", "target/browser")
 WIDTH, HEIGHT = 1000, 900
 
@@ -34,22 +33,6 @@ try:
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:
     sys.exit("browser_checks.py: selenium is missing: python3 -m pip install selenium")
-
-
-def start_server(log_path, *args):
-    log = open(log_path, "w")
-    server = subprocess.Popen(
-        [KV_SERVER, "--bind", "127.0.0.1", "--port", "0", "--websocket", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    for _ in range(100):
-        match = re.search(r"Accepting connections on port (\d+)", open(log_path).read())
-        if match:
-            return server, int(match.group(1))
-        time.sleep(0.1)
-    server.kill()
-    sys.exit("browser_checks.py: the server did not start:\n" + open(log_path).read())
 
 
 def browser(profile):

@@ -10,37 +10,20 @@ Needs the websockets package; a missing one is a failure, not a skip. KV_SERVER 
 binary (default: the debug build)."""
 
 import os
-import re
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 
-KV_SERVER = os.environ.get("KV_SERVER", "target/debug/kv_server")
+from kv_process import start_server
+
 try:
     from websockets.exceptions import ConnectionClosed
     from websockets.frames import Frame, Opcode
     from websockets.sync.client import connect
 except ImportError:
     sys.exit("websocket_clients.py: websockets is missing: python3 -m pip install websockets")
-
-
-def start_server(log_path, *args):
-    log = open(log_path, "w")
-    server = subprocess.Popen(
-        [KV_SERVER, "--bind", "127.0.0.1", "--port", "0", "--websocket", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    for _ in range(100):
-        match = re.search(r"Accepting connections on port (\d+)", open(log_path).read())
-        if match:
-            return server, int(match.group(1))
-        time.sleep(0.1)
-    server.kill()
-    sys.exit("websocket_clients.py: the server did not start:\n" + open(log_path).read())
 
 
 def messages_pings_and_closes(url):

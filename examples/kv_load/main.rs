@@ -284,41 +284,12 @@ fn connect(args: &Args, poll: &mut Poll, errors: &mut Errors) -> io::Result<Vec<
 /// With `--websocket`: the upgrade, a masked binary message of `length` bytes, and the
 /// server's frame that echoes it.
 fn websocket(length: usize) -> client::Exchange {
+    use kv_testkit::websocket::{frame, UPGRADE_REQUEST};
     let payload = kv_testkit::pattern(length, 7);
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let header = |mask_bit: u8| {
-        let mut header = vec![0x82];
-        match length {
-            0..=125 => header.push(mask_bit | length as u8),
-            126..=65535 => {
-                header.push(mask_bit | 126);
-                header.extend_from_slice(&(length as u16).to_be_bytes());
-            }
-            _ => {
-                header.push(mask_bit | 127);
-                header.extend_from_slice(&(length as u64).to_be_bytes());
-            }
-        }
-        header
-    };
-    let mut request = header(0x80);
-    request.extend_from_slice(&mask);
-    request.extend(
-        payload
-            .iter()
-            .enumerate()
-            .map(|(at, byte)| byte ^ mask[at % 4]),
-    );
-    let mut reply = header(0);
-    reply.extend_from_slice(&payload);
     client::Exchange {
-        request,
-        reply,
-        upgrade: Some(
-            b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-                .to_vec(),
-        ),
+        request: frame(0x82, &payload, Some([0x37, 0xfa, 0x21, 0x3d])),
+        reply: frame(0x82, &payload, None),
+        upgrade: Some(UPGRADE_REQUEST.to_vec()),
     }
 }
 

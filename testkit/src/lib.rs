@@ -1,8 +1,8 @@
 //! What kv_server's integration tests and its load generators (`examples/kv_load`,
 //! `examples/kv_crowd`) both need: a byte pattern that makes a misplaced or repeated chunk of
 //! an echo visible, readers of another process's CPU time, memory and descriptors from
-//! `/proc`, crowds of clients from many loopback addresses, and what the kernel's TCP
-//! stack did while they ran.
+//! `/proc`, crowds of clients from many loopback addresses, what the kernel's TCP stack did
+//! while they ran, and a WebSocket client's upgrade and frames.
 //!
 //! It is a crate of its own so that the two are written once and neither is installed with
 //! the server.
@@ -11,6 +11,7 @@ use std::io;
 
 pub mod crowd;
 pub mod kernel;
+pub mod websocket;
 
 /// A deterministic, incompressible-looking byte pattern covering every byte value except
 /// `\n` (which becomes `\r`), so that a misplaced or repeated chunk cannot go unnoticed.

@@ -9,16 +9,13 @@ pub const CLOSE: u8 = 0x8;
 pub const PING: u8 = 0x9;
 pub const PONG: u8 = 0xA;
 
-/// The RFC's example key, and the accept it must get.
-pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-pub const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+pub use kv_testkit::websocket::{UPGRADE_ACCEPT as ACCEPT, UPGRADE_REQUEST};
 
 /// The upgrade request for `path`.
 pub fn request(path: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
+    String::from_utf8(UPGRADE_REQUEST.to_vec())
+        .unwrap()
+        .replacen("GET / ", &format!("GET {path} "), 1)
 }
 
 /// Sends the upgrade request and reads the answer's head, byte by byte so that no frame
@@ -51,32 +48,8 @@ pub fn read_head<S: Read>(stream: &mut S) -> String {
 /// A client frame: `first` is the first byte whole (FIN, RSV and opcode), masked with a
 /// mask drawn from the payload's length unless `masked` is false.
 pub fn frame_with(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut frame = vec![first];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        length @ 0..=125 => frame.push(mask_bit | length as u8),
-        length @ 126..=65535 => {
-            frame.push(mask_bit | 126);
-            frame.extend_from_slice(&(length as u16).to_be_bytes());
-        }
-        length => {
-            frame.push(mask_bit | 127);
-            frame.extend_from_slice(&(length as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        let mask = (payload.len() as u32 ^ 0x5A3C_96E1).to_be_bytes();
-        frame.extend_from_slice(&mask);
-        frame.extend(
-            payload
-                .iter()
-                .enumerate()
-                .map(|(at, byte)| byte ^ mask[at % 4]),
-        );
-    } else {
-        frame.extend_from_slice(payload);
-    }
-    frame
+    let mask = (payload.len() as u32 ^ 0x5A3C_96E1).to_be_bytes();
+    kv_testkit::websocket::frame(first, payload, masked.then_some(mask))
 }
 
 /// A final, masked client frame.
