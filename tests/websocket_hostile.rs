@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::crowd::{connect_from, source_address};
-use common::websocket::{self as ws, BINARY};
+use common::websocket::{self as ws, BINARY, TEXT};
 use common::ServerProcess;
 use kv_testkit::kernel;
 
@@ -148,4 +148,22 @@ fn stalled_requests_stay_within_the_budget() {
     let mut request = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Padding: ".to_vec();
     request.resize(8_000, b'a');
     assert_bounded("stalled requests", false, &request);
+}
+
+/// A message of 16 MiB, put together (text) and echoed, leaves no buffer of its size behind:
+/// not in the connection, not in the buffers the turn lends every connection.
+#[test]
+fn the_memory_of_a_large_message_is_given_back() {
+    let server = ServerProcess::start(&["--websocket"]);
+    let mut stream = common::connect(server.addr());
+    ws::upgrade(&mut stream);
+    ws::expect_echo(&mut stream, TEXT, b"warm up");
+    let before = server.status_kib("RssAnon");
+    let text = vec![b'k'; 16 << 20];
+    for _ in 0..2 {
+        ws::expect_echo(&mut stream, TEXT, &text);
+    }
+    let after = server.status_kib("RssAnon");
+    println!("anonymous RSS: {before} KiB before, {after} KiB after two 16 MiB messages");
+    assert!(after < before + 4096, "{after} KiB kept, from {before} KiB");
 }

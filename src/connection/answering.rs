@@ -40,6 +40,7 @@ impl Connection {
         answered?;
         if !sealed && !turn.gathered.is_empty() {
             turn.traffic.bytes_sent += self.output.send(&mut self.socket, turn.gathered)? as u64;
+            turn.release_large_buffers();
         }
         Ok(())
     }

@@ -168,6 +168,22 @@ pub(crate) struct Turn<'a> {
     pub addresses: Option<&'a mut AddressLimit>,
 }
 
+/// The most a buffer of the turn keeps between reads: one read's answers are far less, and
+/// a WebSocket message put together (up to `--websocket-max-message`) is far more, which
+/// the budget does not count once it has gone down.
+const TURN_BUFFER_KEPT: usize = 1024 * 1024;
+
+impl Turn<'_> {
+    /// Gives back the memory of a turn buffer that a large message grew.
+    fn release_large_buffers(&mut self) {
+        for buffer in [&mut *self.gathered, &mut *self.tls_records] {
+            if buffer.capacity() > TURN_BUFFER_KEPT {
+                *buffer = Vec::new();
+            }
+        }
+    }
+}
+
 pub(crate) struct Connection {
     socket: Stream,
     /// Kept from accept time: after a reset the socket can no longer tell it.

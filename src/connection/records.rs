@@ -30,6 +30,7 @@ impl Connection {
             tls.close();
         }
         let sent = send_records(&mut tls, &mut self.socket, &mut self.output, turn);
+        turn.release_large_buffers();
         self.tls = Some(tls);
         received?;
         Ok(sent?)
