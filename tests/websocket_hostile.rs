@@ -151,9 +151,14 @@ fn stalled_requests_stay_within_the_budget() {
 }
 
 /// A message of 16 MiB, put together (text) and echoed, leaves no buffer of its size behind:
-/// not in the connection, not in the buffers the turn lends every connection.
+/// not in the connection, not in the buffers the turn lends every connection. (Kept, the
+/// turn's buffer was 16.5 MB of resident memory after two; given back, 0.1 MB here. The
+/// bound is half a message: what the allocator keeps of smaller pieces varies with how the
+/// reads fell, and is no buffer of the message's size.)
 #[test]
 fn the_memory_of_a_large_message_is_given_back() {
+    // Not beside the crowds of the other tests: their clients would slow this one's reads.
+    let _turn = kernel::crowd_turn();
     let server = ServerProcess::start(&["--websocket"]);
     let mut stream = common::connect(server.addr());
     ws::upgrade(&mut stream);
@@ -165,5 +170,5 @@ fn the_memory_of_a_large_message_is_given_back() {
     }
     let after = server.status_kib("RssAnon");
     println!("anonymous RSS: {before} KiB before, {after} KiB after two 16 MiB messages");
-    assert!(after < before + 4096, "{after} KiB kept, from {before} KiB");
+    assert!(after < before + 8192, "{after} KiB kept, from {before} KiB");
 }
