@@ -172,11 +172,13 @@ impl WebSocketLayer {
         let start = self.message.len();
         let needed = start + piece.len();
         if needed > self.message.capacity() {
-            // Doubled, so that a message of many small fragments is not copied once per
-            // fragment, but never past the largest message, nor ahead of what has come
-            // by more than what has come: a header alone does not take memory, and the
-            // budget, which counts capacity, sees no more than twice what was received.
-            let target = needed.max((2 * start).min(self.max_message));
+            // Twice what has come, so that a message of many small fragments is not copied
+            // once per fragment, but never past the largest message: a header alone does
+            // not take memory, and the budget, which counts capacity, sees no more than
+            // twice what was received. A large message's buffer is then past the
+            // allocator's mmap threshold from its first read on, and goes back to the
+            // system as soon as it is freed.
+            let target = needed.max((2 * needed).min(self.max_message));
             self.message.reserve_exact(target - start);
         }
         self.message.extend_from_slice(piece);
