@@ -91,9 +91,9 @@ fn release(buffer: &mut Vec<u8>) {
 }
 
 /// Makes room for `more` bytes as a `Vec` would, doubling, but never past `max` bytes of
-/// capacity: the unfinished line never holds more, and doubling past it would count twice
-/// its size against the buffer budget.
-fn reserve_within(partial: &mut Vec<u8>, more: usize, max: usize) {
+/// capacity: the unfinished line (or a WebSocket request) never holds more, and doubling
+/// past it would count twice its size against the buffer budget.
+pub(crate) fn reserve_within(partial: &mut Vec<u8>, more: usize, max: usize) {
     let needed = partial.len() + more;
     if needed > partial.capacity() {
         let capacity = (partial.capacity() * 2).max(needed).min(max);

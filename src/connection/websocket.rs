@@ -82,8 +82,8 @@ struct Frame {
 /// way, its buffer.
 pub(crate) struct WebSocketLayer {
     phase: Phase,
-    /// While opening: when the request must be complete.
-    deadline: Option<Instant>,
+    /// When the request must be complete (while opening).
+    deadline: Instant,
     /// The request as it arrives (opening only).
     request: Vec<u8>,
     max_message: usize,
@@ -108,7 +108,7 @@ impl WebSocketLayer {
     pub fn new(deadline: Instant, max_message: usize) -> Self {
         WebSocketLayer {
             phase: Phase::Opening,
-            deadline: Some(deadline),
+            deadline,
             request: Vec::new(),
             max_message,
             header: [0; MAX_HEADER],
@@ -124,7 +124,7 @@ impl WebSocketLayer {
 
     /// While the HTTP request is awaited: when it must be complete.
     pub fn opening_deadline(&self) -> Option<Instant> {
-        self.deadline
+        (self.phase == Phase::Opening).then_some(self.deadline)
     }
 
     /// Heap memory the layer holds for the client: the request or the message under way.
@@ -171,8 +171,7 @@ impl WebSocketLayer {
         // Bytes past the bound are not kept: the request is refused at the bound.
         let room = MAX_REQUEST_BYTES - self.request.len();
         let kept = input.len().min(room);
-        // Grown by what comes, never past the bound: the budget counts capacity.
-        self.request.reserve_exact(kept);
+        crate::line::reserve_within(&mut self.request, kept, MAX_REQUEST_BYTES);
         self.request.extend_from_slice(&input[..kept]);
         let request = std::mem::take(&mut self.request);
         let (outcome, length) = match handshake::open(&request, out) {
@@ -183,7 +182,6 @@ impl WebSocketLayer {
             handshake::Opening::Answered { outcome, length } => (outcome, length),
         };
         counts.openings[outcome as usize] += 1;
-        self.deadline = None;
         if outcome != WebSocketOpening::Upgraded {
             self.phase = Phase::Closed;
             return Step::Ending;

@@ -14,7 +14,7 @@ impl WebSocketLayer {
         counts: &mut WebSocketCounts,
     ) -> Step {
         let mut at = 0;
-        while at < input.len() || self.frame.is_some_and(|frame| frame.seen == frame.length) {
+        while at < input.len() {
             let frame = match self.frame {
                 Some(frame) => frame,
                 None => {
@@ -41,10 +41,9 @@ impl WebSocketLayer {
                 return self.fail(code, out, counts);
             }
             at += step;
-            let Some(frame) = self.frame else { continue };
-            if frame.seen < frame.length {
+            let Some(frame) = self.frame.filter(|frame| frame.seen == frame.length) else {
                 continue;
-            }
+            };
             self.frame = None;
             match self.finish_frame(frame, out, counts) {
                 Ok(Step::Going) => {}
